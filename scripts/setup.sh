@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything the service and its tests need, on a fresh machine, idempotently:
+# the Python engine in .venv (CPU torch 2.13.0 wheel), the Node workspaces, and Chromium for browser tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stamp() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+
+py_stamp=$(stamp engine/pyproject.toml)
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+if [ "$(cat .venv/.kleinserve-stamp 2>/dev/null)" != "$py_stamp" ]; then
+  echo "setup: installing the Python engine into .venv" >&2
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
+  .venv/bin/pip install -q --disable-pip-version-check -e 'engine[test]'
+  echo "$py_stamp" > .venv/.kleinserve-stamp
+fi
+
+node_stamp=$(stamp package.json server/package.json sdk/package.json web/package.json package-lock.json)
+if [ "$(cat node_modules/.kleinserve-stamp 2>/dev/null)" != "$node_stamp" ]; then
+  echo "setup: installing Node workspaces" >&2
+  npm install --no-audit --no-fund
+  echo "$node_stamp" > node_modules/.kleinserve-stamp
+fi
+
+if [ "${KLEINSERVE_SKIP_BROWSER:-}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing Debian's chromium for the browser tests" >&2
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
