@@ -27,3 +27,11 @@ if [ "${KLEINSERVE_SKIP_BROWSER:-}" != "1" ] && ! command -v chromium >/dev/null
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
+
+# The playground is a static build the server serves at `/`; rebuild it when its sources change.
+web_stamp=$(find web -path web/dist -prune -o -path web/node_modules -prune -o -type f -print 2>/dev/null | sort | xargs cat 2>/dev/null | sha256sum | cut -c1-16)
+if [ -f web/package.json ] && grep -q '"build"' web/package.json && [ "$(cat web/dist/.kleinserve-stamp 2>/dev/null)" != "$web_stamp" ]; then
+  echo "setup: building the playground" >&2
+  npm run build -w web >/dev/null
+  echo "$web_stamp" > web/dist/.kleinserve-stamp
+fi
