@@ -1,0 +1,80 @@
+// Unit tests for retry, failover and idempotent creation, against small local HTTP doubles.
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Kleinserve, KleinserveConnectionError, KleinserveError } from '../src/index.js';
+
+type Handler = (req: IncomingMessage, body: string) => { status: number; body: unknown } | 'drop';
+const servers: Server[] = [];
+
+async function serve(handler: Handler): Promise<string> {
+  const srv = createServer(async (req, res) => {
+    let body = '';
+    for await (const c of req) body += c;
+    const out = handler(req, body);
+    if (out === 'drop') { req.socket.destroy(); return; }
+    res.writeHead(out.status, { 'content-type': 'application/json' }).end(JSON.stringify(out.body));
+  });
+  servers.push(srv);
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  return `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+}
+
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+});
+
+const run = (ref: string) => ({ id: 'r1', status_code: 'queued', client_ref: ref });
+
+describe('transport', () => {
+  it('retries a dropped create with the same client_ref and Idempotency-Key', async () => {
+    const seen: { ref: string; key: string | undefined }[] = [];
+    const url = await serve((req, body) => {
+      const ref = JSON.parse(body).client_ref;
+      seen.push({ ref, key: req.headers['idempotency-key'] as string | undefined });
+      return seen.length === 1 ? 'drop' : seen.length === 2 ? { status: 503, body: { code: 'MODEL_UNAVAILABLE', message: 'x' } } : { status: 200, body: run(ref) };
+    });
+    const client = new Kleinserve({ baseUrl: url, apiKey: 'k', retryDelayMs: 5 });
+    const created = await client.runs.create({ input: { prompt: 'p', image_urls: ['https://x/y.png'] } });
+    expect(seen).toHaveLength(3);
+    expect(new Set(seen.map((s) => s.ref)).size).toBe(1);
+    expect(seen.every((s) => s.key === seen[0].ref)).toBe(true);
+    expect(created.client_ref).toBe(seen[0].ref);
+  });
+
+  it('fails over to the next base URL in order and remembers the dead one', async () => {
+    let primaryHits = 0;
+    let secondaryHits = 0;
+    const primary = await serve(() => { primaryHits++; return 'drop'; });
+    const secondary = await serve((_req, body) => { secondaryHits++; return { status: 200, body: run(JSON.parse(body || '{}').client_ref ?? '') }; });
+    const client = new Kleinserve({ baseUrl: [primary, secondary], retryDelayMs: 1 });
+    await client.runs.get('r1');
+    await client.runs.get('r1');
+    expect(primaryHits).toBe(1);
+    expect(secondaryHits).toBe(2);
+  });
+
+  it('does not retry 4xx and carries code and errors[]', async () => {
+    let hits = 0;
+    const url = await serve(() => {
+      hits++;
+      return { status: 422, body: { code: 'INPUT_VALIDATION_FAILED', message: 'bad', errors: [{ field: 'input.image_urls[1]', message: 'too small' }] } };
+    });
+    const client = new Kleinserve({ baseUrl: url, retryDelayMs: 1 });
+    const err = await client.runs.create({ input: { prompt: 'p' } }).catch((e) => e);
+    expect(err).toBeInstanceOf(KleinserveError);
+    expect(err.status).toBe(422);
+    expect(err.code).toBe('INPUT_VALIDATION_FAILED');
+    expect(err.errors[0].field).toBe('input.image_urls[1]');
+    expect(hits).toBe(1);
+  });
+
+  it('gives a connection error naming every URL when none answers', async () => {
+    const dead = await serve(() => 'drop');
+    const client = new Kleinserve({ baseUrl: [dead, 'http://127.0.0.1:9'], maxRetries: 3, retryDelayMs: 1 });
+    const err = await client.health().catch((e) => e);
+    expect(err).toBeInstanceOf(KleinserveConnectionError);
+    expect(err.message).toContain(dead);
+    expect(err.attempts).toBe(3);
+  });
+});

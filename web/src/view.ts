@@ -1,0 +1,89 @@
+import type { Run, RunEvent } from '../../sdk/src/index.js';
+import { describeError } from './errors.js';
+
+export const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+
+const TIMING_LABELS: [string, string[]][] = [
+  ['Queue', ['queue_ms', 'queue_wait_ms']],
+  ['Text', ['text_encode_ms']],
+  ['Encode', ['vae_encode_ms']],
+  ['Denoise', ['denoise_ms']],
+  ['Decode', ['decode_ms']],
+  ['Total', ['total_ms']],
+];
+
+const STATUS_TEXT: Record<string, string> = {
+  queued: 'Queued…', dispatching: 'Starting…', running: 'Running…',
+  succeeded: 'Done.', failed: 'Failed.', canceled: 'Canceled.',
+};
+
+export function showStatus(text: string, step?: { step: number; steps: number }) {
+  $('status-text').textContent = text;
+  const bar = $<HTMLProgressElement>('progress');
+  bar.hidden = !step;
+  if (step) { bar.max = step.steps; bar.value = step.step; }
+}
+
+export function showEvent(ev: RunEvent) {
+  if (ev.type === 'status') showStatus(STATUS_TEXT[ev.status] ?? ev.status);
+  else if (ev.type === 'progress') showStatus(`Step ${ev.step}/${ev.steps} · ${Math.round(ev.elapsed_ms)} ms`, ev);
+}
+
+export function showError(err: unknown) {
+  const box = $('error');
+  if (err === null) { box.hidden = true; box.replaceChildren(); return; }
+  const { title, details } = describeError(err);
+  const p = document.createElement('p');
+  p.style.margin = '0';
+  p.textContent = title;
+  box.replaceChildren(p);
+  if (details.length) {
+    const ul = document.createElement('ul');
+    ul.append(...details.map((d) => Object.assign(document.createElement('li'), { textContent: d })));
+    box.append(ul);
+  }
+  box.hidden = false;
+}
+
+export function clearResult() {
+  $('result').replaceChildren();
+  $('timings').hidden = true;
+  $('download').hidden = true;
+  $('reseed').hidden = true;
+}
+
+export function showRun(run: Run) {
+  clearResult();
+  showStatus(STATUS_TEXT[run.status_code] ?? run.status_code);
+  const outputs = run.output?.outputs ?? [];
+  $('result').replaceChildren(...outputs.map((o, i) => {
+    const img = document.createElement('img');
+    img.src = o.url;
+    img.alt = `Result ${i + 1} of “${String(run.input?.prompt ?? '')}”, ${o.width}×${o.height}`;
+    img.width = o.width;
+    img.height = o.height;
+    return img;
+  }));
+  const timing = run.output?.timing ?? {};
+  const cells = TIMING_LABELS.flatMap(([label, keys]) => {
+    const key = keys.find((k) => typeof timing[k] === 'number');
+    if (!key) return [];
+    const div = document.createElement('div');
+    div.dataset.timing = key;
+    div.append(
+      Object.assign(document.createElement('dt'), { textContent: label }),
+      Object.assign(document.createElement('dd'), { textContent: `${(timing[key] as number).toFixed(0)} ms` }),
+    );
+    return [div];
+  });
+  const dl = $('timings');
+  dl.replaceChildren(...cells);
+  dl.hidden = cells.length === 0;
+  if (outputs[0]) {
+    const a = $<HTMLAnchorElement>('download');
+    a.href = outputs[0].url;
+    a.download = `kleinserve-${run.id}.${outputs[0].content_type.split('/')[1] ?? 'jpg'}`;
+    a.hidden = false;
+  }
+  $('reseed').hidden = run.status_code !== 'succeeded';
+}
