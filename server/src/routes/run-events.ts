@@ -1,0 +1,109 @@
+// GET /v1/runs/:id/events — Server-Sent Events for one run: status changes, the engine's real denoise steps
+// (n/N with the engine's own step timings), then the terminal run object, after which the stream ends.
+// Polling GET /v1/runs/:id stays supported; this is the low-latency path the SDK and playground use.
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { RunEvent, RunEventBus } from '../runs/events.ts';
+import { toRunObject } from '../runs/run-object.ts';
+import type { RunStore } from '../runs/store.ts';
+import { isTerminal, type RunRecord } from '../runs/types.ts';
+import { runNotFound } from './errors.ts';
+
+export interface RunEventsDeps {
+  store: RunStore;
+  bus: RunEventBus;
+  publicBaseUrl: string;
+  /** Comment line interval that keeps proxies from closing an idle stream. */
+  heartbeatMs?: number;
+}
+
+function frame(event: string, data: unknown): string {
+  return `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+}
+
+function statusFrame(run: RunRecord): string {
+  return frame('status', { run_id: run.id, status: run.status, at: new Date().toISOString() });
+}
+
+export async function runEventsRoutes(app: FastifyInstance, deps: RunEventsDeps): Promise<void> {
+  app.get<{ Params: { id: string } }>(
+    '/v1/runs/:id/events',
+    {
+      schema: {
+        summary: 'Live events of a run (Server-Sent Events)',
+        description:
+          'event: status {run_id,status,at} on every status change; event: progress {run_id,step,steps,step_ms,elapsed_ms} ' +
+          "per engine denoise step; event: run {the run object} once terminal, then the stream closes.",
+        tags: ['runs'],
+      },
+    },
+    async (req, reply) => {
+      const { id } = req.params;
+      // Subscribe before reading so that nothing between the read and the subscription is missed.
+      const pending: RunEvent[] = [];
+      let sink: ((ev: RunEvent) => void) | null = null;
+      const unsubscribe = deps.bus.subscribe(id, (ev) => (sink ? sink(ev) : pending.push(ev)));
+      let run: RunRecord | null;
+      try {
+        run = await deps.store.get(id);
+      } catch (err) {
+        unsubscribe();
+        throw err;
+      }
+      if (!run) {
+        unsubscribe();
+        throw runNotFound(id);
+      }
+      stream(reply, run, deps, pending, (fn) => (sink = fn), unsubscribe);
+    },
+  );
+}
+
+function stream(
+  reply: FastifyReply,
+  first: RunRecord,
+  deps: RunEventsDeps,
+  pending: RunEvent[],
+  attach: (fn: (ev: RunEvent) => void) => void,
+  unsubscribe: () => void,
+) {
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache, no-transform',
+    connection: 'keep-alive',
+    'x-accel-buffering': 'no',
+    'x-request-id': String(reply.request.id),
+  });
+  let closed = false;
+  const heartbeat = setInterval(() => res.write(': ping\n\n'), deps.heartbeatMs ?? 15_000);
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    clearInterval(heartbeat);
+    unsubscribe();
+    res.end();
+  };
+  res.on('close', close);
+
+  let lastStatus = first.status;
+  const terminal = (run: RunRecord) => {
+    res.write(frame('run', toRunObject(run, deps.publicBaseUrl)));
+    close();
+  };
+  const onEvent = (ev: RunEvent) => {
+    if (closed) return;
+    if (ev.type === 'progress') {
+      res.write(frame('progress', { run_id: ev.run_id, step: ev.step, steps: ev.steps, step_ms: ev.step_ms, elapsed_ms: ev.elapsed_ms }));
+      return;
+    }
+    if (ev.run.status !== lastStatus) res.write(statusFrame(ev.run));
+    lastStatus = ev.run.status;
+    if (isTerminal(ev.run.status)) terminal(ev.run);
+  };
+
+  res.write(statusFrame(first));
+  if (isTerminal(first.status)) return terminal(first);
+  attach(onEvent);
+  for (const ev of pending.splice(0)) onEvent(ev);
+}
