@@ -48,7 +48,8 @@ const SHARP_FORMAT: Record<RasterFormat, string> = {
 export async function decodeImage(bytes: Buffer, field: string, opts: DecodeOptions): Promise<DecodedImage> {
   const format = checkContainer(bytes, field, opts);
   const input = { limitInputPixels: opts.maxInputPixels, failOn: 'truncated', pages: 1 } as const;
-  const meta = await readMetadata(bytes, field, input);
+  // Header only: no pixel is decoded here, so the bomb check below can report the declared size.
+  const meta = await readMetadata(bytes, field, { ...input, limitInputPixels: false });
   if (meta.format !== SHARP_FORMAT[format] || (format === 'avif' && meta.compression !== 'av1')) {
     throw new ImageInputError(field, `image content does not match its ${format} signature`);
   }
