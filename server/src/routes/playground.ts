@@ -1,0 +1,29 @@
+// The playground (web/, built by `npm run build -w web`) served at `/`. The page is static and talks to the same
+// API as everyone else; when it has not been built the route says how to build it instead of failing silently.
+import fastifyStatic from '@fastify/static';
+import type { FastifyInstance } from 'fastify';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+export const DEFAULT_PLAYGROUND_DIR = fileURLToPath(new URL('../../../web/dist/', import.meta.url));
+
+export async function playgroundRoutes(app: FastifyInstance, opts: { dir?: string } = {}): Promise<void> {
+  const root = opts.dir ?? DEFAULT_PLAYGROUND_DIR;
+  if (!existsSync(`${root}/index.html`)) {
+    app.get('/', { schema: { hide: true } }, async (_req, reply) =>
+      reply.code(503).type('text/plain').send('The playground is not built. Run `npm run build -w web` (or `npm run setup`) and restart.\n'),
+    );
+    return;
+  }
+  await app.register(fastifyStatic, {
+    root,
+    prefix: '/',
+    index: ['index.html'],
+    wildcard: false,
+    decorateReply: false,
+    // Hashed asset names never change content, so they may be cached for good; index.html must revalidate.
+    setHeaders(reply, path) {
+      reply.header('cache-control', path.includes('/assets/') ? 'public, max-age=31536000, immutable' : 'no-cache');
+    },
+  });
+}

@@ -1,0 +1,61 @@
+// Shared by the surfaces that create runs outside the Runflow route (OpenAI images, text-to-image):
+// validated body -> intake -> lifecycle.create -> dispatcher, and the answer shapes they need.
+import type { DecodedImage } from '../images/index.ts';
+import type { RunEventBus } from '../runs/events.ts';
+import { assertModelAvailable, intakeEditRun, type IntakeDeps } from '../runs/intake.ts';
+import type { RunLifecycle } from '../runs/lifecycle.ts';
+import { toRunObject, type RunObject } from '../runs/run-object.ts';
+import type { RunStore } from '../runs/store.ts';
+import type { RunRecord } from '../runs/types.ts';
+import { waitForTerminal } from '../runs/wait.ts';
+import type { ObjectStore } from '../storage/object-store.ts';
+import type { CreateRunBody } from './runs.schemas.ts';
+
+export interface SubmitDeps {
+  intake: IntakeDeps;
+  lifecycle: RunLifecycle;
+  store: RunStore;
+  bus: RunEventBus;
+  objects: ObjectStore;
+  publicBaseUrl: string;
+  /** Hands inline images decoded during the POST to the dispatcher so it need not decode them again. */
+  prime?: (runId: string, decoded: Map<number, DecodedImage>) => void;
+  engineState?: () => { state: string; error: string | null };
+}
+
+export const MODEL_TEXT_TO_IMAGE = 'black-forest-labs/flux-2-klein-4b';
+
+/** `body.input` may carry alias fields; intake resolves them through normalizeEditInput. */
+export async function submitRun(deps: SubmitDeps, modelId: string, body: CreateRunBody): Promise<RunRecord> {
+  const engine = deps.engineState?.();
+  if (engine) assertModelAvailable(engine.state, engine.error);
+  const { run, decoded } = await intakeEditRun(deps.intake, modelId, body);
+  await deps.lifecycle.create(run);
+  deps.prime?.(run.id, decoded);
+  return run;
+}
+
+export function waitFor(deps: SubmitDeps, run: RunRecord, seconds: number, signal?: AbortSignal): Promise<RunRecord> {
+  return waitForTerminal(deps.store, deps.bus, run, seconds, signal);
+}
+
+/** The encoded bytes of each output of a finished run, in order. */
+export function outputBytes(deps: SubmitDeps, run: RunRecord): Promise<Buffer[]> {
+  return Promise.all((run.output?.images ?? []).map((img) => deps.objects.get(img.key)));
+}
+
+/** sync_mode: the run object with every output URL replaced by a data URI of its bytes. */
+export async function runObjectWithDataUris(deps: SubmitDeps, run: RunRecord): Promise<RunObject> {
+  const obj = toRunObject(run, deps.publicBaseUrl);
+  if (!obj.output) return obj;
+  const bytes = await outputBytes(deps, run);
+  obj.output.outputs = obj.output.outputs.map((o, i) => ({ ...o, url: `data:${o.content_type};base64,${bytes[i].toString('base64')}` }));
+  return obj;
+}
+
+/** An abort signal that fires when the HTTP client goes away, so a held request stops waiting. */
+export function clientGone(raw: import('node:http').IncomingMessage): AbortSignal {
+  const ac = new AbortController();
+  raw.socket.once('close', () => ac.abort());
+  return ac.signal;
+}
