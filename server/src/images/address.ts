@@ -16,10 +16,13 @@ const EXTRA_DENY_V6 = ['::/96', '64:ff9b::/96', '64:ff9b:1::/48', '2001::/23', '
 /** Parses an address, unwrapping IPv4-mapped IPv6 (::ffff:127.0.0.1 is 127.0.0.1). */
 export function parseAddress(text: string): IpAddress | undefined {
   const bare = text.startsWith('[') && text.endsWith(']') ? text.slice(1, -1) : text;
-  if (!ipaddr.isValid(bare)) return undefined;
-  // isValid accepts "127.1" and "0x7f.1"; only canonical forms come from WHATWG URL and resolvers.
-  if (!ipaddr.IPv6.isValid(bare) && !ipaddr.IPv4.isValidFourPartDecimal(bare)) return undefined;
-  return ipaddr.process(bare);
+  if (ipaddr.IPv6.isValid(bare)) {
+    // Not ipaddr.process: it also unwraps IPv4-compatible ::8.8.8.8, which is no route to 8.8.8.8.
+    const v6 = ipaddr.IPv6.parse(bare);
+    return v6.isIPv4MappedAddress() ? v6.toIPv4Address() : v6;
+  }
+  // Only the canonical dotted quad: WHATWG URL and resolvers never produce "127.1" or "0x7f.1".
+  return ipaddr.IPv4.isValidFourPartDecimal(bare) ? ipaddr.IPv4.parse(bare) : undefined;
 }
 
 /**

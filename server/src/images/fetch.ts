@@ -118,7 +118,14 @@ function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
   });
 }
 
+const FRIENDLY: Record<string, string> = {
+  UND_ERR_CONNECT_TIMEOUT: 'connect timed out',
+  UND_ERR_SOCKET: 'connection closed by the server',
+  UND_ERR_HEADERS_OVERFLOW: 'response headers too large',
+};
+
 function describe(err: unknown): string {
   const e = err as { code?: string; message?: string; cause?: { code?: string } };
-  return e.cause?.code ?? e.code ?? e.message ?? String(err);
+  const code = e.cause?.code ?? e.code;
+  return (code && FRIENDLY[code]) ?? code ?? e.message ?? String(err);
 }
