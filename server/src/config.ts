@@ -1,0 +1,86 @@
+// Everything tunable, from flags and environment, checked once at start so a typo fails loudly.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+import { KEY_PATTERN } from './auth/keys.ts';
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+const intFrom = (def: number) => z.coerce.number().int().nonnegative().default(def);
+
+export const ConfigSchema = z.object({
+  model: z.string().min(1).default('tiny'),
+  host: z.string().default('127.0.0.1'),
+  port: z.coerce.number().int().min(0).max(65535).default(8080),
+  dataDir: z.string().min(1),
+  apiKeys: z.array(z.string().regex(KEY_PATTERN, 'API keys must match ^[A-Za-z0-9_]+$')).default([]),
+  publicBaseUrl: z.url().optional(),
+  callbackSecret: z.string().min(1).optional(),
+  fetchAllowlist: z.string().optional(),
+  python: z.string().default(path.join(REPO_ROOT, '.venv/bin/python')),
+  /** Concurrent runs handed to the engine, so its batcher sees concurrent requests. */
+  concurrency: intFrom(4),
+  maxAttempts: intFrom(3),
+  engineIdleDeadlineMs: intFrom(120_000),
+  engineStartupTimeoutMs: intFrom(600_000),
+  waitCapSeconds: intFrom(60),
+  fetchTimeoutMs: intFrom(15_000),
+  fetchMaxBytes: intFrom(25 * 1024 * 1024),
+  fetchMaxRedirects: intFrom(5),
+  maxInputPixels: intFrom(64 * 1024 * 1024),
+  bodyLimitBytes: intFrom(80 * 1024 * 1024),
+  callbackMaxAttempts: intFrom(8),
+  callbackBaseDelayMs: intFrom(1000),
+  callbackTimeoutMs: intFrom(10_000),
+  shutdownGraceMs: intFrom(30_000),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type Config = z.infer<typeof ConfigSchema>;
+
+/** Flags override environment; `values` come from the CLI's parseArgs. */
+export function loadConfig(values: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): Config {
+  const list = (s: string | undefined) => (s ? s.split(',').map((x) => x.trim()).filter(Boolean) : []);
+  const flagKeys = (values['api-key'] as string[] | undefined) ?? [];
+  const raw = {
+    model: values.model ?? env.KLEINSERVE_MODEL,
+    host: values.host ?? env.KLEINSERVE_HOST,
+    port: values.port ?? env.PORT,
+    dataDir: path.resolve((values.data as string | undefined) ?? env.KLEINSERVE_DATA ?? '.data'),
+    apiKeys: flagKeys.length ? flagKeys : list(env.KLEINSERVE_API_KEYS),
+    publicBaseUrl: env.PUBLIC_BASE_URL || undefined,
+    callbackSecret: env.KLEINSERVE_CALLBACK_SECRET || undefined,
+    fetchAllowlist: env.KLEINSERVE_FETCH_ALLOWLIST,
+    python: env.KLEINSERVE_PYTHON || undefined,
+    concurrency: values.concurrency ?? env.KLEINSERVE_CONCURRENCY,
+    maxAttempts: env.KLEINSERVE_MAX_ATTEMPTS,
+    engineIdleDeadlineMs: env.KLEINSERVE_ENGINE_DEADLINE_MS,
+    engineStartupTimeoutMs: env.KLEINSERVE_ENGINE_STARTUP_TIMEOUT_MS,
+    waitCapSeconds: env.KLEINSERVE_WAIT_CAP_S,
+    fetchTimeoutMs: env.KLEINSERVE_FETCH_TIMEOUT_MS,
+    fetchMaxBytes: env.KLEINSERVE_FETCH_MAX_BYTES,
+    fetchMaxRedirects: env.KLEINSERVE_FETCH_MAX_REDIRECTS,
+    callbackMaxAttempts: env.KLEINSERVE_CALLBACK_MAX_ATTEMPTS,
+    callbackBaseDelayMs: env.KLEINSERVE_CALLBACK_BASE_DELAY_MS,
+    shutdownGraceMs: env.KLEINSERVE_SHUTDOWN_GRACE_MS,
+    logLevel: env.LOG_LEVEL,
+  };
+  const parsed = ConfigSchema.safeParse(Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== undefined)));
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+    throw new Error(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  return parsed.data;
+}
+
+/** The operator's callback secret, or one generated once and kept in the data dir. */
+export function callbackSecret(cfg: Config): string {
+  if (cfg.callbackSecret) return cfg.callbackSecret;
+  const file = path.join(cfg.dataDir, 'callback-secret');
+  if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8').trim();
+  const secret = crypto.randomBytes(32).toString('hex');
+  fs.writeFileSync(file, secret + '\n', { mode: 0o600 });
+  return secret;
+}

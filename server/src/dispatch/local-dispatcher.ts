@@ -1,0 +1,235 @@
+// Feeds queued runs to the local engine, at most `concurrency` at a time so the engine's batcher sees
+// concurrent requests. Each run: preprocess -> engine -> store output -> succeed, with every outcome going
+// through the lifecycle. Engine crashes and hangs requeue the run (bounded by the lifecycle's attempts).
+import type { Logger } from 'pino';
+import { ImageInputError, type DecodedImage } from '../images/index.ts';
+import { EngineConnectionError, EngineDeadlineError, EngineError, type GenerateResult } from '../engine/client.ts';
+import { ModelUnavailableError, type Engine } from '../engine/supervisor.ts';
+import type { RunLifecycle } from '../runs/lifecycle.ts';
+import type { RunRecord, RunTiming, StoredOutputImage } from '../runs/types.ts';
+import type { ObjectStore } from '../storage/object-store.ts';
+import type { Metrics } from '../plugins/metrics.ts';
+import { prepareImages, type PreprocessDeps } from './preprocess.ts';
+
+export interface DispatcherDeps {
+  lifecycle: RunLifecycle;
+  engine: Engine;
+  objects: ObjectStore;
+  preprocess: PreprocessDeps;
+  logger: Logger;
+  metrics?: Metrics;
+  concurrency: number;
+}
+
+const EXT: Record<string, string> = { 'image/jpeg': 'jpg', 'image/png': 'png', 'image/webp': 'webp' };
+
+export class LocalDispatcher {
+  private active = new Map<string, AbortController>();
+  private decodedCache = new Map<string, Map<number, DecodedImage>>();
+  private pumping = false;
+  private again = false;
+  private stopping = false;
+  private unsubscribe?: () => void;
+  private readonly onEngineState = () => this.pump();
+
+  constructor(private readonly deps: DispatcherDeps) {}
+
+  start(): void {
+    const { lifecycle, engine } = this.deps;
+    this.unsubscribe = lifecycle.bus.subscribe('*', (ev) => {
+      if (ev.type !== 'status') return;
+      if (ev.run.status === 'queued') this.pump();
+      if (ev.run.status === 'canceled') this.active.get(ev.run.id)?.abort();
+    });
+    engine.on('state', this.onEngineState);
+    this.pump();
+  }
+
+  /** Inline images decoded during the POST; used once, then dropped. */
+  prime(runId: string, decoded: Map<number, DecodedImage>): void {
+    if (decoded.size) this.decodedCache.set(runId, decoded);
+  }
+
+  get inFlight(): number {
+    return this.active.size;
+  }
+
+  /** Stop claiming; let in-flight runs finish for up to graceMs, then put the rest back in the queue. */
+  async stop(graceMs: number): Promise<void> {
+    this.stopping = true;
+    this.unsubscribe?.();
+    this.deps.engine.off('state', this.onEngineState);
+    const deadline = Date.now() + graceMs;
+    while (this.active.size && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const [id, ac] of this.active) {
+      ac.abort('shutdown');
+      const run = await this.deps.lifecycle.store.get(id);
+      if (run) await this.deps.lifecycle.release(run);
+    }
+  }
+
+  pump(): void {
+    if (this.pumping) {
+      this.again = true;
+      return;
+    }
+    this.pumping = true;
+    this.fill()
+      .catch((err) => this.deps.logger.error({ err }, 'dispatch loop failed'))
+      .finally(() => {
+        this.pumping = false;
+        if (this.again) {
+          this.again = false;
+          this.pump();
+        }
+      });
+  }
+
+  private async fill(): Promise<void> {
+    const { engine, lifecycle } = this.deps;
+    if (engine.state === 'unavailable') return this.failAllQueued();
+    while (!this.stopping && engine.state === 'ready' && this.active.size < this.deps.concurrency) {
+      const run = await lifecycle.claimNext();
+      if (!run) return;
+      const ac = new AbortController();
+      this.active.set(run.id, ac);
+      this.process(run, ac)
+        .catch((err) => this.deps.logger.error({ err, run_id: run.id }, 'run processing failed unexpectedly'))
+        .finally(() => {
+          this.active.delete(run.id);
+          this.decodedCache.delete(run.id);
+          this.pump();
+        });
+    }
+  }
+
+  private async failAllQueued(): Promise<void> {
+    const { lifecycle, engine } = this.deps;
+    for (let run = await lifecycle.claimNext(); run; run = await lifecycle.claimNext()) {
+      await lifecycle.fail(run, 'MODEL_UNAVAILABLE', `the model cannot be loaded: ${engine.status().error}`, 'dispatch');
+    }
+  }
+
+  private async process(claimed: RunRecord, ac: AbortController): Promise<void> {
+    const { lifecycle, engine, metrics } = this.deps;
+    const log = this.deps.logger.child({ run_id: claimed.id });
+    const timing: RunTiming = { queue_ms: Date.now() - claimed.created_at };
+    metrics?.stage.observe({ stage: 'queue' }, timing.queue_ms! / 1000);
+
+    let t = performance.now();
+    let images;
+    try {
+      images = await prepareImages(this.deps.preprocess, claimed, this.decodedCache.get(claimed.id));
+    } catch (err) {
+      if (!(err instanceof ImageInputError)) throw err;
+      const code = /fetch|HTTP|redirect|timed out|resolve/i.test(err.reason) ? 'IMAGE_FETCH_FAILED' : 'INPUT_VALIDATION_FAILED';
+      await lifecycle.fail(claimed, code, err.message, 'preprocess');
+      return;
+    }
+    timing.preprocess_ms = round(performance.now() - t);
+    metrics?.stage.observe({ stage: 'preprocess' }, timing.preprocess_ms / 1000);
+
+    const running = await lifecycle.markRunning(claimed);
+    if (!running) return; // canceled while preprocessing
+    log.debug('run dispatched to engine');
+
+    t = performance.now();
+    let result: GenerateResult;
+    try {
+      const { input } = running;
+      result = await engine.generate(
+        {
+          prompt: input.prompt,
+          images,
+          seed: input.seed,
+          steps: input.steps,
+          width: input.width,
+          height: input.height,
+          num_images: input.num_images,
+          output_format: input.output_format,
+          output_quality: input.output_quality,
+        },
+        {
+          signal: ac.signal,
+          onProgress: (p) => lifecycle.bus.publish({ type: 'progress', run_id: running.id, ...pick(p) }),
+        },
+      );
+    } catch (err) {
+      await this.onEngineFailure(running, err, ac);
+      return;
+    }
+    metrics?.stage.observe({ stage: 'engine' }, (performance.now() - t) / 1000);
+
+    t = performance.now();
+    const stored = await this.storeOutputs(running, result);
+    const engineTimings = Object.fromEntries(
+      Object.entries(result.timings).map(([k, v]) => [k === 'queue_ms' ? 'engine_queue_ms' : k === 'total_ms' ? 'engine_total_ms' : k, v]),
+    );
+    timing.store_ms = round(performance.now() - t);
+    const done = await lifecycle.succeed(running, {
+      images: stored,
+      seed: result.seeds[0] ?? running.input.seed,
+      timing: { ...timing, ...engineTimings, total_ms: Date.now() - running.created_at },
+    });
+    if (!done) {
+      // Canceled (or otherwise finished) while the engine worked: the result loses, leave no orphan files.
+      await Promise.all(stored.map((s) => this.deps.objects.delete(s.key)));
+      return;
+    }
+    log.info({ timing: done.output?.timing }, 'run succeeded');
+  }
+
+  private async storeOutputs(run: RunRecord, result: GenerateResult): Promise<StoredOutputImage[]> {
+    return Promise.all(
+      result.images.map(async (img, i) => {
+        // Deterministic per run: a retried run overwrites its own file instead of leaving a second one.
+        const key = `outputs/${run.id}/${run.output_token}${i ? `-${i}` : ''}.${EXT[img.content_type] ?? 'bin'}`;
+        await this.deps.objects.put(key, img.bytes);
+        return { key, content_type: img.content_type, width: img.width, height: img.height };
+      }),
+    );
+  }
+
+  private async onEngineFailure(run: RunRecord, err: unknown, ac: AbortController): Promise<void> {
+    const { lifecycle } = this.deps;
+    if (ac.signal.aborted && ac.signal.reason === 'shutdown') return; // stop() releases it
+    if (err instanceof EngineError) {
+      switch (err.code) {
+        case 'CANCELED':
+          if (ac.signal.aborted) return; // our cancel; the run is already canceled
+          await lifecycle.retry(run, 'ENGINE_CANCELED', 'the engine canceled the request');
+          return;
+        case 'INVALID_REQUEST': {
+          const field = err.field?.replace(/^images\[(\d+)\]/, 'input.image_urls[$1]') ?? 'input';
+          await lifecycle.fail(run, 'INPUT_VALIDATION_FAILED', `${field}: ${err.message}`, 'inference');
+          return;
+        }
+        case 'NOT_READY':
+          await lifecycle.retry(run, 'ENGINE_NOT_READY', 'the engine was not ready');
+          return;
+        default:
+          await lifecycle.fail(run, err.code === 'OUT_OF_MEMORY' ? 'OUT_OF_MEMORY' : 'ENGINE_ERROR', err.message, 'inference');
+          return;
+      }
+    }
+    if (err instanceof ModelUnavailableError) {
+      await lifecycle.fail(run, 'MODEL_UNAVAILABLE', `the model cannot be loaded: ${err.message}`, 'dispatch');
+    } else if (err instanceof EngineDeadlineError) {
+      await lifecycle.retry(run, 'ENGINE_TIMEOUT', `the engine hung: ${err.message}`);
+    } else if (err instanceof EngineConnectionError) {
+      await lifecycle.retry(run, 'ENGINE_CRASHED', `the engine died during the run: ${err.message}`);
+    } else if (ac.signal.aborted) {
+      return; // canceled while waiting for the engine to become ready
+    } else {
+      throw err;
+    }
+  }
+}
+
+const round = (ms: number) => Math.round(ms * 100) / 100;
+const pick = (p: { step: number; steps: number; step_ms?: number; elapsed_ms?: number }) => ({
+  step: p.step,
+  steps: p.steps,
+  step_ms: p.step_ms,
+  elapsed_ms: p.elapsed_ms,
+});

@@ -1,0 +1,33 @@
+// The preprocess stage: every image of a run becomes decoded RGB for the engine. URL images are fetched
+// here (under the SSRF guard); inline ones come from the intake's cache or, after a restart, from storage.
+import { decodeImage, fetchImage, type DecodedImage, type FetchOptions } from '../images/index.ts';
+import type { EngineImage, EngineLimits } from '../engine/client.ts';
+import { decodeOptions } from '../runs/intake.ts';
+import type { RunRecord } from '../runs/types.ts';
+import type { ObjectStore } from '../storage/object-store.ts';
+
+export interface PreprocessDeps {
+  objects: ObjectStore;
+  fetch: FetchOptions;
+  limits: () => EngineLimits;
+  maxInputPixels: number;
+}
+
+export async function prepareImages(
+  deps: PreprocessDeps,
+  run: RunRecord,
+  cached: Map<number, DecodedImage> | undefined,
+): Promise<EngineImage[]> {
+  const opts = decodeOptions(deps.limits(), deps.maxInputPixels);
+  return Promise.all(
+    run.input.images.map(async (img, i): Promise<EngineImage> => {
+      const field = `input.image_urls[${i}]`;
+      let decoded = cached?.get(i);
+      if (!decoded) {
+        const bytes = img.kind === 'url' ? await fetchImage(new URL(img.url), field, deps.fetch) : await deps.objects.get(img.key);
+        decoded = await decodeImage(bytes, field, opts);
+      }
+      return { format: 'rgb8', width: decoded.width, height: decoded.height, data: decoded.rgb };
+    }),
+  );
+}

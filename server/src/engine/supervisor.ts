@@ -1,0 +1,286 @@
+// Starts the Python engine as a child, waits for its `listening` line, keeps one client connected, and
+// restarts it with backoff when it dies or hangs. Exit status 2 means the model cannot load: never restart.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import readline from 'node:readline';
+import type { Logger } from 'pino';
+import {
+  EngineClient,
+  EngineDeadlineError,
+  type EngineHealth,
+  type EngineLimits,
+  type GenerateParams,
+  type GenerateResult,
+  type RequestOptions,
+} from './client.ts';
+
+export type EngineState = 'starting' | 'loading' | 'ready' | 'restarting' | 'unavailable' | 'stopped';
+
+export const DEFAULT_LIMITS: EngineLimits = {
+  max_ref_pixels: 1048576,
+  min_side: 64,
+  max_aspect: 8,
+  max_images: 4,
+  max_steps: 50,
+  max_output_pixels: 4194304,
+  max_batch: 4,
+};
+
+export interface SupervisorOptions {
+  python: string;
+  model: string;
+  socketPath: string;
+  pidFile: string;
+  logger: Logger;
+  /** A request that sees no frame for this long means the engine hung: kill -9 and restart. */
+  idleDeadlineMs: number;
+  startupTimeoutMs: number;
+  extraArgs?: string[];
+}
+
+/** What the dispatcher needs from an engine; the worker role of cluster mode reuses it. */
+export interface Engine extends EventEmitter {
+  readonly state: EngineState;
+  readonly limits: EngineLimits;
+  generate(params: GenerateParams, opts?: RequestOptions): Promise<GenerateResult>;
+  waitReady(signal?: AbortSignal): Promise<void>;
+  status(): EngineStatus;
+  metricsText(): Promise<string>;
+}
+
+export interface EngineStatus {
+  status: EngineState;
+  ok: boolean;
+  pid: number | null;
+  restarts: number;
+  model: string;
+  device?: string;
+  dtype?: string;
+  queue_depth?: number;
+  in_flight?: number;
+  limits: EngineLimits;
+  error: string | null;
+}
+
+export class ModelUnavailableError extends Error {}
+
+export class EngineSupervisor extends EventEmitter implements Engine {
+  state: EngineState = 'stopped';
+  limits: EngineLimits = DEFAULT_LIMITS;
+  private child: ChildProcess | null = null;
+  private client: EngineClient | null = null;
+  private lastHealth: EngineHealth | null = null;
+  private restarts = 0;
+  private backoffMs = 250;
+  private error: string | null = null;
+  private stopping = false;
+  private healthTimer?: NodeJS.Timeout;
+  private readyAt = 0;
+
+  constructor(private readonly opts: SupervisorOptions) {
+    super();
+    this.setMaxListeners(0);
+  }
+
+  start(): void {
+    this.stopping = false;
+    this.killStaleChild();
+    this.spawnChild();
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearInterval(this.healthTimer);
+    this.setState('stopped');
+    this.client?.close();
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    child.kill('SIGTERM');
+    const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(t);
+    fs.rmSync(this.opts.pidFile, { force: true });
+  }
+
+  status(): EngineStatus {
+    const h = this.lastHealth;
+    return {
+      status: this.state,
+      ok: this.state === 'ready',
+      pid: this.child?.pid ?? null,
+      restarts: this.restarts,
+      model: this.opts.model,
+      device: h?.device,
+      dtype: h?.dtype,
+      queue_depth: h?.queue_depth,
+      in_flight: h?.in_flight,
+      limits: this.limits,
+      error: this.error,
+    };
+  }
+
+  async waitReady(signal?: AbortSignal): Promise<void> {
+    while (this.state !== 'ready') {
+      if (this.state === 'unavailable') throw new ModelUnavailableError(this.error ?? 'model unavailable');
+      if (this.state === 'stopped') throw new Error('engine stopped');
+      signal?.throwIfAborted();
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.off('state', done);
+          signal?.removeEventListener('abort', done);
+          resolve();
+        };
+        this.on('state', done);
+        signal?.addEventListener('abort', done, { once: true });
+      });
+    }
+  }
+
+  async generate(params: GenerateParams, opts: RequestOptions = {}): Promise<GenerateResult> {
+    await this.waitReady(opts.signal);
+    const client = this.client!;
+    try {
+      return await client.generate(params, { ...opts, idleDeadlineMs: this.opts.idleDeadlineMs });
+    } catch (err) {
+      if (err instanceof EngineDeadlineError) {
+        this.opts.logger.error({ err: err.message }, 'engine hung past its deadline; killing it');
+        this.child?.kill('SIGKILL');
+      }
+      throw err;
+    }
+  }
+
+  async metricsText(): Promise<string> {
+    if (this.state !== 'ready' || !this.client) return '';
+    return this.client.metrics(2000).catch(() => '');
+  }
+
+  private setState(s: EngineState): void {
+    if (this.state === s) return;
+    this.state = s;
+    this.emit('state', s);
+  }
+
+  /** A previous server killed with -9 leaves its engine child running on our socket; end that child. */
+  private killStaleChild(): void {
+    let pid: number;
+    try {
+      pid = Number(fs.readFileSync(this.opts.pidFile, 'utf8'));
+    } catch {
+      return;
+    }
+    try {
+      const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (cmdline.includes('kleinserve_engine') && cmdline.includes(this.opts.socketPath)) process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+
+  private spawnChild(): void {
+    const { python, model, socketPath, logger } = this.opts;
+    fs.rmSync(socketPath, { force: true });
+    this.setState('starting');
+    const args = ['-m', 'kleinserve_engine', 'serve', '--model', model, '--listen', `unix:${socketPath}`, ...(this.opts.extraArgs ?? [])];
+    logger.info({ python, args }, 'starting engine');
+    const child = spawn(python, args, {
+      stdio: ['pipe', 'pipe', 'inherit'],
+      env: { ...process.env, PYTHONUNBUFFERED: '1' },
+    });
+    this.child = child;
+    if (child.pid) fs.writeFileSync(this.opts.pidFile, String(child.pid));
+    let failedLine: string | null = null;
+    const startup = setTimeout(() => {
+      if (this.state === 'starting') {
+        logger.error('engine did not report listening in time; killing it');
+        child.kill('SIGKILL');
+      }
+    }, this.opts.startupTimeoutMs);
+    readline.createInterface({ input: child.stdout! }).on('line', (line) => {
+      let msg: { event?: string; address?: string; message?: string };
+      try {
+        msg = JSON.parse(line);
+      } catch {
+        return;
+      }
+      if (msg.event === 'listening' && msg.address) {
+        clearTimeout(startup);
+        this.connect(child, msg.address).catch((err) => {
+          logger.error({ err: err.message }, 'could not connect to engine; killing it');
+          child.kill('SIGKILL');
+        });
+      } else if (msg.event === 'failed') {
+        failedLine = msg.message ?? 'model unavailable';
+      }
+    });
+    child.on('error', (err) => {
+      this.error = `cannot start engine: ${err.message}`;
+    });
+    child.on('exit', (code, signal) => {
+      clearTimeout(startup);
+      clearInterval(this.healthTimer);
+      this.client?.close();
+      this.client = null;
+      if (this.child === child) this.child = null;
+      if (this.stopping) return;
+      if (code === 2) {
+        this.error = failedLine ?? 'model unavailable (engine exit status 2)';
+        logger.error({ error: this.error }, 'engine cannot load the model; not restarting');
+        this.setState('unavailable');
+        return;
+      }
+      this.restarts++;
+      this.error = `engine exited (code ${code}, signal ${signal})`;
+      if (Date.now() - this.readyAt > 30_000 && this.readyAt) this.backoffMs = 250;
+      const delay = this.backoffMs;
+      this.backoffMs = Math.min(this.backoffMs * 2, 10_000);
+      logger.warn({ code, signal, delay }, 'engine exited; restarting');
+      this.setState('restarting');
+      setTimeout(() => !this.stopping && this.spawnChild(), delay).unref();
+    });
+  }
+
+  private async connect(child: ChildProcess, address: string): Promise<void> {
+    const client = await EngineClient.connect(address);
+    if (this.child !== child) return client.close();
+    this.client = client;
+    this.setState('loading');
+    for (;;) {
+      if (this.child !== child || this.stopping) return;
+      const h = await client.health(10_000);
+      this.lastHealth = h;
+      if (h.limits) this.limits = h.limits;
+      if (h.status === 'ready') break;
+      if (h.status === 'failed') {
+        // The engine exits with status 2 right after; the exit handler records it.
+        this.error = typeof h.error === 'string' ? h.error : JSON.stringify(h.error);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    this.error = null;
+    this.readyAt = Date.now();
+    this.setState('ready');
+    this.opts.logger.info({ pid: child.pid, device: this.lastHealth?.device }, 'engine ready');
+    this.healthTimer = setInterval(() => this.checkHealth(child), 5000);
+    this.healthTimer.unref();
+  }
+
+  private checkHealth(child: ChildProcess): void {
+    const client = this.client;
+    if (!client || this.child !== child) return;
+    client.health(15_000).then(
+      (h) => {
+        this.lastHealth = h;
+      },
+      (err) => {
+        if (err instanceof EngineDeadlineError) {
+          this.opts.logger.error('engine health check hung; killing it');
+          child.kill('SIGKILL');
+        }
+      },
+    );
+  }
+}

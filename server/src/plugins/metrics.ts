@@ -1,0 +1,84 @@
+// Prometheus metrics: runs by status, queue depth, stage latencies, engine health, HTTP latencies; the
+// engine's own metrics are appended so one scrape sees both planes.
+import fp from 'fastify-plugin';
+import type { FastifyInstance } from 'fastify';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Engine } from '../engine/supervisor.ts';
+import type { RunEventBus } from '../runs/events.ts';
+import type { RunStore } from '../runs/store.ts';
+import { isTerminal, RUN_STATUSES } from '../runs/types.ts';
+
+const STATES = ['starting', 'loading', 'ready', 'restarting', 'unavailable', 'stopped'];
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly runsCompleted = new Counter({
+    name: 'kleinserve_runs_completed_total',
+    help: 'Runs that reached a terminal state, by status',
+    labelNames: ['status'],
+    registers: [this.registry],
+  });
+  readonly stage = new Histogram({
+    name: 'kleinserve_stage_seconds',
+    help: 'Latency of each run stage (queue, preprocess, engine)',
+    labelNames: ['stage'],
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+  readonly http = new Histogram({
+    name: 'kleinserve_http_request_seconds',
+    help: 'HTTP request latency by route and status code',
+    labelNames: ['method', 'route', 'code'],
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 60],
+    registers: [this.registry],
+  });
+
+  constructor(store: RunStore, engine: Engine, bus: RunEventBus) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'kleinserve_' });
+    new Gauge({
+      name: 'kleinserve_runs',
+      help: 'Runs currently in each status (queued = queue depth)',
+      labelNames: ['status'],
+      registers: [this.registry],
+      async collect() {
+        const counts = await store.countByStatus();
+        for (const s of RUN_STATUSES) this.set({ status: s }, counts[s]);
+      },
+    });
+    new Gauge({
+      name: 'kleinserve_engine_state',
+      help: 'Engine supervisor state (1 for the current state)',
+      labelNames: ['state'],
+      registers: [this.registry],
+      collect() {
+        for (const s of STATES) this.set({ state: s }, engine.state === s ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'kleinserve_engine_restarts',
+      help: 'Times the engine child was restarted',
+      registers: [this.registry],
+      collect() {
+        this.set(engine.status().restarts);
+      },
+    });
+    bus.subscribe('*', (ev) => {
+      if (ev.type === 'status' && isTerminal(ev.run.status)) this.runsCompleted.inc({ status: ev.run.status });
+    });
+  }
+}
+
+export default fp(async function metricsPlugin(app: FastifyInstance, opts: { metrics: Metrics; engine: Engine }) {
+  const { metrics, engine } = opts;
+  app.addHook('onResponse', async (req, reply) => {
+    metrics.http.observe(
+      { method: req.method, route: req.routeOptions.url ?? 'unmatched', code: String(reply.statusCode) },
+      reply.elapsedTime / 1000,
+    );
+  });
+  app.get('/metrics', { config: { public: true }, schema: { hide: true } }, async (_req, reply) => {
+    const [own, engineText] = await Promise.all([metrics.registry.metrics(), engine.metricsText()]);
+    reply.header('content-type', metrics.registry.contentType);
+    return own + (engineText ? '\n' + engineText : '');
+  });
+});

@@ -1,0 +1,153 @@
+// Request and response schemas of the run routes. The same zod objects validate requests and generate
+// /openapi.json. Issue 6 adds fal/Replicate aliases (num_inference_steps, num_images, image_size presets,
+// aspect_ratio, sync_mode) here and resolves them in normalizeEditInput, the single place for precedence.
+import { z } from 'zod';
+import { RUN_STATUSES } from '../runs/types.ts';
+
+const dimension = z.int().min(64).max(4096).multipleOf(16);
+
+export const MODEL_EDIT = 'black-forest-labs/flux-2-klein-4b/edit';
+/** Model ids a run route accepts, with the canonical id each maps to. */
+export const MODEL_ALIASES: Record<string, string> = {
+  [MODEL_EDIT]: MODEL_EDIT,
+  'flux-2-klein-4b/edit': MODEL_EDIT,
+};
+
+export const EditInputSchema = z
+  .strictObject({
+    prompt: z.string().trim().min(1, 'must not be empty').max(20_000),
+    image_urls: z
+      .array(z.string().describe('http(s) URL, data:image/...;base64 URI, or raw base64'))
+      .min(1, 'needs at least 1 image')
+      .max(4, 'takes at most 4 images'),
+    seed: z.int().min(0).max(Number.MAX_SAFE_INTEGER).optional().describe('random when absent; the run reports it'),
+    steps: z.int().min(1).max(50).optional().describe('denoising steps, default 4'),
+    output_format: z.enum(['jpeg', 'png', 'webp']).optional().describe('default jpeg'),
+    output_quality: z.int().min(1).max(100).optional().describe('JPEG/WebP quality, default 95'),
+    width: dimension.optional(),
+    height: dimension.optional(),
+    image_size: z.strictObject({ width: dimension, height: dimension }).optional(),
+  })
+  .superRefine((v, ctx) => {
+    if ((v.width === undefined) !== (v.height === undefined)) {
+      ctx.addIssue({ code: 'custom', path: [v.width === undefined ? 'width' : 'height'], message: 'width and height go together: give both or neither' });
+    }
+    if (v.image_size && v.width !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['image_size'], message: 'give image_size or width/height, not both' });
+    }
+  });
+
+export type EditInput = z.infer<typeof EditInputSchema>;
+
+export const CreateRunBodySchema = z.object({
+  input: EditInputSchema,
+  callback_url: z.url({ protocol: /^https?$/ }).max(2048).nullable().optional(),
+  metadata: z
+    .record(z.string(), z.unknown())
+    .nullable()
+    .optional()
+    .refine((m) => m == null || JSON.stringify(m).length <= 16_384, 'metadata must be at most 16 KiB of JSON'),
+  client_ref: z.string().max(256).nullable().optional(),
+});
+export type CreateRunBody = z.infer<typeof CreateRunBodySchema>;
+
+/** Canonical parameters: defaults applied, size sources merged. */
+export function normalizeEditInput(input: EditInput) {
+  const size = input.image_size ?? (input.width !== undefined ? { width: input.width, height: input.height! } : null);
+  return {
+    prompt: input.prompt,
+    steps: input.steps ?? 4,
+    seed: input.seed,
+    output_format: input.output_format ?? 'jpeg',
+    output_quality: input.output_quality ?? 95,
+    width: size?.width ?? null,
+    height: size?.height ?? null,
+    num_images: 1,
+  };
+}
+
+export const PreferHeaderSchema = z.object({
+  prefer: z.string().optional().describe('`wait` or `wait=N` (seconds): hold the request until the run is terminal'),
+});
+
+export const RunIdParamsSchema = z.object({ id: z.string().min(1).max(64) });
+
+export const ListRunsQuerySchema = z.object({
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  cursor: z.string().max(64).optional(),
+  status: z
+    .string()
+    .optional()
+    .describe('comma-separated statuses')
+    .transform((s, ctx) => {
+      if (!s) return undefined;
+      const list = s.split(',').map((x) => x.trim());
+      for (const x of list) {
+        if (!(RUN_STATUSES as readonly string[]).includes(x)) {
+          ctx.addIssue({ code: 'custom', message: `unknown status ${JSON.stringify(x)}; use ${RUN_STATUSES.join(', ')}` });
+          return z.NEVER;
+        }
+      }
+      return list as (typeof RUN_STATUSES)[number][];
+    }),
+});
+
+const OutputImageSchema = z.object({
+  url: z.string(),
+  type: z.literal('image'),
+  content_type: z.string(),
+  width: z.int(),
+  height: z.int(),
+});
+
+export const RunObjectSchema = z
+  .object({
+    id: z.string(),
+    status_code: z.enum(RUN_STATUSES),
+    model_id: z.string(),
+    input: z.record(z.string(), z.unknown()),
+    output: z
+      .object({
+        outputs: z.array(OutputImageSchema),
+        seed: z.number(),
+        timing: z.record(z.string(), z.number()),
+        nsfw_detected: z.boolean(),
+      })
+      .nullable(),
+    metadata: z.record(z.string(), z.unknown()).nullable(),
+    client_ref: z.string().nullable(),
+    callback_url: z.string().nullable(),
+    created_at: z.string(),
+    started_at: z.string().nullable(),
+    completed_at: z.string().nullable(),
+    duration_ms: z.number().nullable(),
+    cost: z.number(),
+    failure_code: z.string().nullable(),
+    failure_message: z.string().nullable(),
+    failure_stage_code: z.string().nullable(),
+    error: z.object({ code: z.string(), message: z.string() }).nullable(),
+    links: z.record(z.string(), z.string()),
+  })
+  .meta({ id: 'Run' });
+
+export const RunListSchema = z.object({
+  data: z.array(RunObjectSchema),
+  next_cursor: z.string().nullable(),
+  has_more: z.boolean(),
+});
+
+export const ErrorBodySchema = z
+  .object({
+    code: z.string(),
+    message: z.string(),
+    errors: z.array(z.object({ field: z.string(), reason: z.string() })),
+  })
+  .meta({ id: 'Error' });
+
+export const errorResponses = {
+  400: ErrorBodySchema,
+  401: ErrorBodySchema,
+  404: ErrorBodySchema,
+  422: ErrorBodySchema,
+  503: ErrorBodySchema,
+};

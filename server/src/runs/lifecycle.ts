@@ -1,0 +1,101 @@
+// The one run state machine: queued -> dispatching -> running -> succeeded | failed | canceled.
+// Every change is a conditional store transition, so racing actors (cancel vs finish, a retry vs a late
+// result) resolve in the store and a run completes at most once. Each change is published on the bus.
+import type { Logger } from 'pino';
+import type { RunEventBus } from './events.ts';
+import type { NewDelivery, RunStore } from './store.ts';
+import { type RunPatch, type RunRecord, type RunStatus, type StoredOutput } from './types.ts';
+
+export type FailureStage = 'validation' | 'preprocess' | 'dispatch' | 'inference' | 'postprocess';
+
+export interface LifecycleOptions {
+  maxAttempts: number;
+  logger: Logger;
+  /** Builds the callback envelope for a terminal run (needs public URLs, hence injected). */
+  callbackBody?: (run: RunRecord) => { event: string; body: string };
+}
+
+const ACTIVE: RunStatus[] = ['dispatching', 'running'];
+const NOT_TERMINAL: RunStatus[] = ['queued', 'dispatching', 'running'];
+
+export class RunLifecycle {
+  constructor(
+    readonly store: RunStore,
+    readonly bus: RunEventBus,
+    private readonly opts: LifecycleOptions,
+  ) {}
+
+  async create(run: RunRecord): Promise<RunRecord> {
+    await this.store.insert(run);
+    this.publish(run);
+    return run;
+  }
+
+  async claimNext(): Promise<RunRecord | null> {
+    return this.publish(await this.store.claimNext());
+  }
+
+  async markRunning(run: RunRecord): Promise<RunRecord | null> {
+    return this.publish(await this.store.transition(run.id, ['dispatching'], { status: 'running', started_at: Date.now() }));
+  }
+
+  async succeed(run: RunRecord, output: StoredOutput): Promise<RunRecord | null> {
+    return this.finish(run, ACTIVE, { status: 'succeeded', output });
+  }
+
+  async fail(run: RunRecord, code: string, message: string, stage: FailureStage): Promise<RunRecord | null> {
+    this.opts.logger.warn({ run_id: run.id, failure_code: code, stage }, message);
+    return this.finish(run, NOT_TERMINAL, {
+      status: 'failed',
+      failure_code: code,
+      failure_message: message,
+      failure_stage_code: stage,
+    });
+  }
+
+  /** Returns the canceled run, or null when the run was already terminal (or unknown). */
+  async cancel(run: RunRecord): Promise<RunRecord | null> {
+    return this.finish(run, NOT_TERMINAL, { status: 'canceled' });
+  }
+
+  /**
+   * Puts an in-flight run back in the queue after its engine died or hung (or this process restarted),
+   * or fails it once it has used up its attempts.
+   */
+  async retry(run: RunRecord, code: string, reason: string): Promise<RunRecord | null> {
+    const attempts = run.attempts + 1;
+    if (attempts >= this.opts.maxAttempts) {
+      return this.fail({ ...run, attempts }, code, `${reason}; gave up after ${attempts} attempts`, 'inference');
+    }
+    this.opts.logger.warn({ run_id: run.id, attempts, reason }, 'requeueing run');
+    return this.publish(await this.store.transition(run.id, ACTIVE, { status: 'queued', attempts, started_at: null }));
+  }
+
+  /** Graceful shutdown: an in-flight run goes back to the queue without using up an attempt. */
+  async release(run: RunRecord): Promise<RunRecord | null> {
+    return this.publish(await this.store.transition(run.id, ACTIVE, { status: 'queued', started_at: null }));
+  }
+
+  /** After a restart: runs that were in flight when the previous process died go back to the queue. */
+  async recover(): Promise<number> {
+    const stranded = await this.store.listInFlight();
+    for (const run of stranded) await this.retry(run, 'ENGINE_CRASHED', 'control plane restarted while the run was in flight');
+    return stranded.length;
+  }
+
+  private async finish(run: RunRecord, from: RunStatus[], patch: RunPatch & { status: RunStatus }): Promise<RunRecord | null> {
+    const full: RunPatch & { status: RunStatus } = { ...patch, completed_at: Date.now() };
+    if (patch.attempts === undefined && 'attempts' in run) full.attempts = run.attempts;
+    let delivery: NewDelivery | undefined;
+    if (run.callback_url && this.opts.callbackBody) {
+      const { event, body } = this.opts.callbackBody({ ...run, ...full } as RunRecord);
+      delivery = { run_id: run.id, url: run.callback_url, event, body };
+    }
+    return this.publish(await this.store.transition(run.id, from, full, delivery));
+  }
+
+  private publish(run: RunRecord | null): RunRecord | null {
+    if (run) this.bus.publish({ type: 'status', run });
+    return run;
+  }
+}

@@ -1,0 +1,83 @@
+// Stored run -> the contract's run object. Inline images are summarised, never echoed back as megabytes.
+import type { RunRecord, StoredImage } from './types.ts';
+
+const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
+
+export function outputUrl(baseUrl: string, key: string): string {
+  return `${baseUrl}/v1/outputs/${key.replace(/^outputs\//, '')}`;
+}
+
+function describeImage(img: StoredImage): string {
+  return img.kind === 'url' ? img.url : `inline ${img.mime ?? 'image'}, ${img.bytes} bytes`;
+}
+
+export function toRunObject(run: RunRecord, baseUrl: string) {
+  const { input } = run;
+  const failed = run.status === 'failed';
+  return {
+    id: run.id,
+    status_code: run.status,
+    model_id: run.model_id,
+    input: {
+      prompt: input.prompt,
+      image_urls: input.images.map(describeImage),
+      seed: input.seed,
+      steps: input.steps,
+      output_format: input.output_format,
+      output_quality: input.output_quality,
+      ...(input.width !== null ? { width: input.width, height: input.height } : {}),
+    },
+    output: run.output && {
+      outputs: run.output.images.map((img) => ({
+        url: outputUrl(baseUrl, img.key),
+        type: 'image' as const,
+        content_type: img.content_type,
+        width: img.width,
+        height: img.height,
+      })),
+      seed: run.output.seed,
+      timing: run.output.timing as Record<string, number>,
+      nsfw_detected: false,
+    },
+    metadata: run.metadata,
+    client_ref: run.client_ref,
+    callback_url: run.callback_url,
+    created_at: iso(run.created_at)!,
+    started_at: iso(run.started_at),
+    completed_at: iso(run.completed_at),
+    duration_ms: run.completed_at !== null && run.started_at !== null ? run.completed_at - run.started_at : null,
+    // Self-hosted: there is no per-run charge, but clients that sum costs expect a number.
+    cost: 0,
+    failure_code: failed ? run.failure_code : null,
+    failure_message: failed ? run.failure_message : null,
+    failure_stage_code: failed ? run.failure_stage_code : null,
+    error: failed ? { code: run.failure_code ?? 'INTERNAL', message: run.failure_message ?? 'run failed' } : null,
+    links: {
+      self: `${baseUrl}/v1/runs/${run.id}`,
+      cancel: `${baseUrl}/v1/admin/runs/${run.id}/cancellation`,
+    },
+  };
+}
+
+export type RunObject = ReturnType<typeof toRunObject>;
+
+const EVENTS = { succeeded: 'run.completed', failed: 'run.failed', canceled: 'run.cancelled' } as const;
+
+/** The callback envelope of the contract, serialised once so every retry sends (and signs) the same bytes. */
+export function callbackEnvelope(run: RunRecord, baseUrl: string): { event: string; body: string } {
+  const obj = toRunObject(run, baseUrl);
+  const event = EVENTS[run.status as keyof typeof EVENTS] ?? `run.${run.status}`;
+  const body = JSON.stringify({
+    event,
+    run_id: run.id,
+    status: run.status,
+    output: obj.output,
+    error: obj.error,
+    duration_ms: obj.duration_ms,
+    created_at: obj.created_at,
+    completed_at: obj.completed_at,
+    metadata: run.metadata,
+    client_ref: run.client_ref,
+  });
+  return { event, body };
+}

@@ -1,0 +1,50 @@
+// Storage seams. Lifecycle and dispatch code only ever see these async interfaces, so cluster mode can put a
+// Postgres store behind them without touching the state machine.
+import type { RunPatch, RunRecord, RunStatus } from './types.ts';
+
+export interface ListQuery {
+  limit: number;
+  /** Id of the last run of the previous page; runs are listed newest first (UUID v7 order). */
+  cursor?: string;
+  status?: RunStatus[];
+}
+
+export interface NewDelivery {
+  run_id: string;
+  url: string;
+  event: string;
+  body: string;
+}
+
+export interface Delivery extends NewDelivery {
+  id: number;
+  attempts: number;
+  next_attempt_at: number;
+  state: 'pending' | 'delivered' | 'failed';
+  last_error: string | null;
+}
+
+export interface RunStore {
+  insert(run: RunRecord): Promise<void>;
+  get(id: string): Promise<RunRecord | null>;
+  list(q: ListQuery): Promise<RunRecord[]>;
+  /**
+   * Applies `patch` only if the run is currently in one of `from`; returns the updated run or null. This is
+   * the single guard that makes each transition (and thus completion) happen at most once. A terminal
+   * transition may carry a callback delivery, written in the same transaction so it cannot be lost.
+   */
+  transition(id: string, from: RunStatus[], patch: RunPatch & { status: RunStatus }, delivery?: NewDelivery): Promise<RunRecord | null>;
+  /** Atomically moves the oldest queued run to `dispatching` and returns it. */
+  claimNext(): Promise<RunRecord | null>;
+  /** Runs left in `dispatching`/`running` by a process that died. */
+  listInFlight(): Promise<RunRecord[]>;
+  countByStatus(): Promise<Record<RunStatus, number>>;
+  close(): Promise<void>;
+}
+
+export interface DeliveryStore {
+  dueDeliveries(now: number, limit: number): Promise<Delivery[]>;
+  nextDueAt(): Promise<number | null>;
+  recordAttempt(id: number, result: { delivered: boolean; next_attempt_at: number | null; error: string | null }): Promise<void>;
+  getDeliveries(runId: string): Promise<Delivery[]>;
+}

@@ -1,0 +1,65 @@
+// The run as the control plane keeps it. run-object.ts turns it into the public contract shape.
+export const RUN_STATUSES = ['queued', 'dispatching', 'running', 'succeeded', 'failed', 'canceled'] as const;
+export type RunStatus = (typeof RUN_STATUSES)[number];
+export const TERMINAL: ReadonlySet<RunStatus> = new Set(['succeeded', 'failed', 'canceled']);
+export const isTerminal = (s: RunStatus): boolean => TERMINAL.has(s);
+
+export type StoredImage =
+  | { kind: 'url'; url: string }
+  /** Inline bytes live in the object store under `key`, so a restart can still run the run. */
+  | { kind: 'inline'; key: string; bytes: number; mime?: string };
+
+/** Canonical edit parameters after validation and alias resolution. */
+export interface RunInput {
+  prompt: string;
+  images: StoredImage[];
+  seed: number;
+  steps: number;
+  output_format: 'jpeg' | 'png' | 'webp';
+  output_quality: number;
+  width: number | null;
+  height: number | null;
+  num_images: number;
+}
+
+export interface StoredOutputImage {
+  key: string;
+  content_type: string;
+  width: number;
+  height: number;
+}
+
+export interface RunTiming {
+  queue_ms?: number;
+  preprocess_ms?: number;
+  [k: string]: number | undefined;
+}
+
+export interface StoredOutput {
+  images: StoredOutputImage[];
+  seed: number;
+  timing: RunTiming;
+}
+
+export interface RunRecord {
+  id: string;
+  status: RunStatus;
+  model_id: string;
+  input: RunInput;
+  output: StoredOutput | null;
+  metadata: Record<string, unknown> | null;
+  client_ref: string | null;
+  callback_url: string | null;
+  created_at: number;
+  started_at: number | null;
+  completed_at: number | null;
+  failure_code: string | null;
+  failure_message: string | null;
+  failure_stage_code: string | null;
+  /** Dispatch attempts so far; bounded so a run that keeps killing the engine ends as failed. */
+  attempts: number;
+  /** Random per-run part of the output key: unguessable, and stable so a retried run overwrites, never doubles. */
+  output_token: string;
+}
+
+export type RunPatch = Partial<Omit<RunRecord, 'id' | 'model_id' | 'input' | 'created_at' | 'output_token'>>;

@@ -1,0 +1,51 @@
+// Object store on local disk: write to a temp file, fsync, rename, so a crash never leaves half an image.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { assertSafeKey, type ObjectStore } from './object-store.ts';
+
+export class DiskStore implements ObjectStore {
+  constructor(readonly root: string) {
+    fs.mkdirSync(root, { recursive: true });
+  }
+
+  localPath(key: string): string {
+    assertSafeKey(key);
+    return path.join(this.root, key);
+  }
+
+  async put(key: string, bytes: Buffer): Promise<void> {
+    const file = this.localPath(key);
+    await fsp.mkdir(path.dirname(file), { recursive: true });
+    const tmp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
+    const fh = await fsp.open(tmp, 'w');
+    try {
+      await fh.writeFile(bytes);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(tmp, file);
+  }
+
+  get(key: string): Promise<Buffer> {
+    return fsp.readFile(this.localPath(key));
+  }
+
+  async stream(key: string, range?: { start: number; end: number }): Promise<Readable> {
+    return fs.createReadStream(this.localPath(key), range);
+  }
+
+  async exists(key: string): Promise<boolean> {
+    return fsp.access(this.localPath(key)).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  async delete(key: string): Promise<void> {
+    await fsp.rm(this.localPath(key), { force: true });
+  }
+}
