@@ -13,7 +13,6 @@ import { ApiError, validationError, type FieldError } from './errors.ts';
 import { MODEL_EDIT } from './runs.schemas.ts';
 import { clientGone, MODEL_TEXT_TO_IMAGE, outputBytes, submitRun, waitFor, type SubmitDeps } from './submit-run.ts';
 
-const MAX_WAIT_S = 600;
 
 const OpenAiParamsSchema = z.strictObject({
   prompt: z.string().trim().min(1, 'must not be empty').max(20_000),
@@ -89,7 +88,7 @@ async function readEditForm(req: FastifyRequest): Promise<{ params: Record<strin
 }
 
 async function answer(deps: SubmitDeps, req: FastifyRequest, reply: FastifyReply, created: RunRecord, format: 'b64_json' | 'url') {
-  const run = await waitFor(deps, created, MAX_WAIT_S, clientGone(req.raw));
+  const run = await waitFor(deps, created, Math.max(deps.waitCapSeconds, 300), clientGone(req.raw));
   if (run.status !== 'succeeded') {
     if (run.status === 'failed') {
       const status = run.failure_code === 'INPUT_VALIDATION_FAILED' || run.failure_code === 'IMAGE_FETCH_FAILED' ? 422 : run.failure_code === 'MODEL_UNAVAILABLE' ? 503 : 500;
@@ -100,7 +99,7 @@ async function answer(deps: SubmitDeps, req: FastifyRequest, reply: FastifyReply
   const out = run.output!;
   const data =
     format === 'url'
-      ? toRunObject(run, deps.publicBaseUrl).output!.outputs.map((o) => ({ url: o.url }))
+      ? toRunObject(run, deps.baseUrl()).output!.outputs.map((o) => ({ url: o.url }))
       : (await outputBytes(deps, run)).map((b) => ({ b64_json: b.toString('base64') }));
   const first = out.images[0];
   return reply.header('x-kleinserve-run-id', run.id).send({

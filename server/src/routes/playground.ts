@@ -15,6 +15,10 @@ export async function playgroundRoutes(app: FastifyInstance, opts: { dir?: strin
     );
     return;
   }
+  // The page and its assets are public (auth opt-out, see plugins/auth.ts); the API calls it makes are not.
+  app.addHook('onRoute', (route) => {
+    route.config = { ...(route.config as object), public: true };
+  });
   await app.register(fastifyStatic, {
     root,
     prefix: '/',

@@ -9,9 +9,8 @@ import { isTerminal, type RunRecord } from '../runs/types.ts';
 import { runNotFound } from './errors.ts';
 
 export interface RunEventsDeps {
-  store: RunStore;
-  bus: RunEventBus;
-  publicBaseUrl: string;
+  lifecycle: { store: RunStore; bus: RunEventBus };
+  baseUrl: () => string;
   /** Comment line interval that keeps proxies from closing an idle stream. */
   heartbeatMs?: number;
 }
@@ -41,10 +40,10 @@ export async function runEventsRoutes(app: FastifyInstance, deps: RunEventsDeps)
       // Subscribe before reading so that nothing between the read and the subscription is missed.
       const pending: RunEvent[] = [];
       let sink: ((ev: RunEvent) => void) | null = null;
-      const unsubscribe = deps.bus.subscribe(id, (ev) => (sink ? sink(ev) : pending.push(ev)));
+      const unsubscribe = deps.lifecycle.bus.subscribe(id, (ev) => (sink ? sink(ev) : pending.push(ev)));
       let run: RunRecord | null;
       try {
-        run = await deps.store.get(id);
+        run = await deps.lifecycle.store.get(id);
       } catch (err) {
         unsubscribe();
         throw err;
@@ -88,7 +87,7 @@ function stream(
 
   let lastStatus = first.status;
   const terminal = (run: RunRecord) => {
-    res.write(frame('run', toRunObject(run, deps.publicBaseUrl)));
+    res.write(frame('run', toRunObject(run, deps.baseUrl())));
     close();
   };
   const onEvent = (ev: RunEvent) => {

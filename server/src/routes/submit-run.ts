@@ -1,42 +1,42 @@
 // Shared by the surfaces that create runs outside the Runflow route (OpenAI images, text-to-image):
 // validated body -> intake -> lifecycle.create -> dispatcher, and the answer shapes they need.
 import type { DecodedImage } from '../images/index.ts';
-import type { RunEventBus } from '../runs/events.ts';
+import type { Engine } from '../engine/supervisor.ts';
 import { assertModelAvailable, intakeEditRun, type IntakeDeps } from '../runs/intake.ts';
 import type { RunLifecycle } from '../runs/lifecycle.ts';
 import { toRunObject, type RunObject } from '../runs/run-object.ts';
-import type { RunStore } from '../runs/store.ts';
 import type { RunRecord } from '../runs/types.ts';
 import { waitForTerminal } from '../runs/wait.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import type { CreateRunBody } from './runs.schemas.ts';
 
+/** A subset of AppDeps, so app.ts can pass its deps as they are. */
 export interface SubmitDeps {
   intake: IntakeDeps;
   lifecycle: RunLifecycle;
-  store: RunStore;
-  bus: RunEventBus;
   objects: ObjectStore;
-  publicBaseUrl: string;
+  engine: Pick<Engine, 'state' | 'status'>;
   /** Hands inline images decoded during the POST to the dispatcher so it need not decode them again. */
-  prime?: (runId: string, decoded: Map<number, DecodedImage>) => void;
-  engineState?: () => { state: string; error: string | null };
+  prime: (runId: string, decoded: Map<number, DecodedImage>) => void;
+  baseUrl: () => string;
+  /** Cap on how long a request may be held for its run, in seconds. */
+  waitCapSeconds: number;
 }
 
 export const MODEL_TEXT_TO_IMAGE = 'black-forest-labs/flux-2-klein-4b';
 
 /** `body.input` may carry alias fields; intake resolves them through normalizeEditInput. */
 export async function submitRun(deps: SubmitDeps, modelId: string, body: CreateRunBody): Promise<RunRecord> {
-  const engine = deps.engineState?.();
-  if (engine) assertModelAvailable(engine.state, engine.error);
+  assertModelAvailable(deps.engine.state, deps.engine.status().error);
   const { run, decoded } = await intakeEditRun(deps.intake, modelId, body);
+  // Prime first: once created, the run is claimable.
+  deps.prime(run.id, decoded);
   await deps.lifecycle.create(run);
-  deps.prime?.(run.id, decoded);
   return run;
 }
 
 export function waitFor(deps: SubmitDeps, run: RunRecord, seconds: number, signal?: AbortSignal): Promise<RunRecord> {
-  return waitForTerminal(deps.store, deps.bus, run, seconds, signal);
+  return waitForTerminal(deps.lifecycle.store, deps.lifecycle.bus, run, seconds, signal);
 }
 
 /** The encoded bytes of each output of a finished run, in order. */
@@ -46,7 +46,7 @@ export function outputBytes(deps: SubmitDeps, run: RunRecord): Promise<Buffer[]>
 
 /** sync_mode: the run object with every output URL replaced by a data URI of its bytes. */
 export async function runObjectWithDataUris(deps: SubmitDeps, run: RunRecord): Promise<RunObject> {
-  const obj = toRunObject(run, deps.publicBaseUrl);
+  const obj = toRunObject(run, deps.baseUrl());
   if (!obj.output) return obj;
   const bytes = await outputBytes(deps, run);
   obj.output.outputs = obj.output.outputs.map((o, i) => ({ ...o, url: `data:${o.content_type};base64,${bytes[i].toString('base64')}` }));

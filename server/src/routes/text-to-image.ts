@@ -8,7 +8,7 @@ import { toRunObject } from '../runs/run-object.ts';
 import { parsePreferWait } from '../runs/wait.ts';
 import { ALIAS_FIELDS, ImageSizeSchema } from './input-aliases.ts';
 import { CreateRunBodySchema, errorResponses, PreferHeaderSchema, RunObjectSchema } from './runs.schemas.ts';
-import { MODEL_TEXT_TO_IMAGE, runObjectWithDataUris, submitRun, waitFor, type SubmitDeps } from './submit-run.ts';
+import { clientGone, MODEL_TEXT_TO_IMAGE, runObjectWithDataUris, submitRun, waitFor, type SubmitDeps } from './submit-run.ts';
 
 const dimension = z.int().min(64).max(4096).multipleOf(16);
 
@@ -35,18 +35,13 @@ export const TextToImageInputSchema = z
 
 const BodySchema = CreateRunBodySchema.extend({ input: TextToImageInputSchema });
 
-export interface TextToImageDeps extends SubmitDeps {
-  /** Cap on Prefer: wait, in seconds. */
-  maxWaitSeconds: number;
-}
-
-export async function textToImageRoutes(app: FastifyInstance, deps: TextToImageDeps): Promise<void> {
+export async function textToImageRoutes(app: FastifyInstance, deps: SubmitDeps): Promise<void> {
   const handler = async (req: { body: z.infer<typeof BodySchema>; headers: Record<string, unknown>; raw: import('node:http').IncomingMessage }) => {
     const created = await submitRun(deps, MODEL_TEXT_TO_IMAGE, { ...req.body, input: { ...req.body.input, image_urls: [] } } as never);
     const sync = req.body.input.sync_mode === true;
-    const wait = sync ? deps.maxWaitSeconds : parsePreferWait(req.headers.prefer as string | undefined, deps.maxWaitSeconds);
-    const run = wait === null ? created : await waitFor(deps, created, wait);
-    return sync ? runObjectWithDataUris(deps, run) : toRunObject(run, deps.publicBaseUrl);
+    const wait = sync ? deps.waitCapSeconds : parsePreferWait(req.headers.prefer as string | undefined, deps.waitCapSeconds);
+    const run = wait === null ? created : await waitFor(deps, created, wait, clientGone(req.raw));
+    return sync ? runObjectWithDataUris(deps, run) : toRunObject(run, deps.baseUrl());
   };
   const schema = {
     summary: 'Create a text-to-image run',
