@@ -28,7 +28,7 @@ const opts = (over: Partial<FetchOptions> = {}): FetchOptions => ({
 
 function route(req: IncomingMessage, res: ServerResponse): void {
   const url = new URL(req.url ?? '/', 'http://x');
-  const redirect = (to: string, status = 302) => res.writeHead(status, { location: to }).end();
+  const redirect = (to: string, status = 302): void => void res.writeHead(status, { location: to }).end();
   const p = canary.port;
   switch (url.pathname) {
     case '/img.png':
