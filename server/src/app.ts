@@ -86,6 +86,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     prime: deps.prime,
     baseUrl: deps.baseUrl,
     waitCapSeconds: deps.waitCapSeconds,
+    objects: deps.objects,
   });
   await app.register(runEventsRoutes, deps);
   await app.register(textToImageRoutes, deps);

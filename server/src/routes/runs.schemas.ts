@@ -3,6 +3,7 @@
 // aspect_ratio, sync_mode) here and resolves them in normalizeEditInput, the single place for precedence.
 import { z } from 'zod';
 import { RUN_STATUSES } from '../runs/types.ts';
+import { ALIAS_FIELDS, ImageSizeSchema, resolveAliases } from './input-aliases.ts';
 
 const dimension = z.int().min(64).max(4096).multipleOf(16);
 
@@ -26,7 +27,8 @@ export const EditInputSchema = z
     output_quality: z.int().min(1).max(100).optional().describe('JPEG/WebP quality, default 95'),
     width: dimension.optional(),
     height: dimension.optional(),
-    image_size: z.strictObject({ width: dimension, height: dimension }).optional(),
+    image_size: ImageSizeSchema.optional().describe('fal preset (square_hd, landscape_16_9, ...) or {width,height}'),
+    ...ALIAS_FIELDS,
   })
   .superRefine((v, ctx) => {
     if ((v.width === undefined) !== (v.height === undefined)) {
@@ -51,18 +53,18 @@ export const CreateRunBodySchema = z.object({
 });
 export type CreateRunBody = z.infer<typeof CreateRunBodySchema>;
 
-/** Canonical parameters: defaults applied, size sources merged. */
+/** Canonical parameters: defaults applied, size sources and fal/Replicate aliases merged (input-aliases.ts). */
 export function normalizeEditInput(input: EditInput) {
-  const size = input.image_size ?? (input.width !== undefined ? { width: input.width, height: input.height! } : null);
+  const a = resolveAliases(input);
   return {
     prompt: input.prompt,
-    steps: input.steps ?? 4,
+    steps: a.steps,
     seed: input.seed,
     output_format: input.output_format ?? 'jpeg',
     output_quality: input.output_quality ?? 95,
-    width: size?.width ?? null,
-    height: size?.height ?? null,
-    num_images: 1,
+    width: a.width,
+    height: a.height,
+    num_images: a.num_images,
   };
 }
 

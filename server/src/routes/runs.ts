@@ -10,6 +10,8 @@ import { toRunObject } from '../runs/run-object.ts';
 import { isTerminal } from '../runs/types.ts';
 import { parsePreferWait, waitForTerminal } from '../runs/wait.ts';
 import { ApiError, runNotFound } from './errors.ts';
+import { inlineOutputs } from './sync-mode.ts';
+import type { ObjectStore } from '../storage/object-store.ts';
 import {
   CreateRunBodySchema,
   errorResponses,
@@ -31,6 +33,8 @@ export interface RunRoutesOptions {
   prime: (runId: string, decoded: Map<number, DecodedImage>) => void;
   baseUrl: () => string;
   waitCapSeconds: number;
+  /** Reads outputs back for sync_mode answers. */
+  objects: ObjectStore;
 }
 
 const runRoutes: FastifyPluginAsyncZod<RunRoutesOptions> = async (app, opts) => {
@@ -51,13 +55,14 @@ const runRoutes: FastifyPluginAsyncZod<RunRoutesOptions> = async (app, opts) => 
     opts.prime(run.id, decoded);
     await lifecycle.create(run);
     req.log.info({ run_id: run.id }, 'run created');
-    const wait = parsePreferWait(req.headers.prefer, opts.waitCapSeconds);
+    const sync = body.input.sync_mode === true;
+    const wait = sync ? opts.waitCapSeconds : parsePreferWait(req.headers.prefer, opts.waitCapSeconds);
     if (wait === null) return toRunObject(run, opts.baseUrl());
     const closed = new AbortController();
     req.raw.once('close', () => closed.abort());
     const current = await waitForTerminal(store, bus, run, wait, closed.signal);
     reply.header('preference-applied', `wait=${wait}`);
-    return toRunObject(current, opts.baseUrl());
+    return sync ? inlineOutputs(toRunObject(current, opts.baseUrl()), current, opts.objects) : toRunObject(current, opts.baseUrl());
   }
 
   for (const modelId of Object.keys(MODEL_ALIASES)) {

@@ -9,6 +9,7 @@ import type { RunRecord } from '../runs/types.ts';
 import { waitForTerminal } from '../runs/wait.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import type { CreateRunBody } from './runs.schemas.ts';
+import { inlineOutputs } from './sync-mode.ts';
 
 /** A subset of AppDeps, so app.ts can pass its deps as they are. */
 export interface SubmitDeps {
@@ -45,12 +46,8 @@ export function outputBytes(deps: SubmitDeps, run: RunRecord): Promise<Buffer[]>
 }
 
 /** sync_mode: the run object with every output URL replaced by a data URI of its bytes. */
-export async function runObjectWithDataUris(deps: SubmitDeps, run: RunRecord): Promise<RunObject> {
-  const obj = toRunObject(run, deps.baseUrl());
-  if (!obj.output) return obj;
-  const bytes = await outputBytes(deps, run);
-  obj.output.outputs = obj.output.outputs.map((o, i) => ({ ...o, url: `data:${o.content_type};base64,${bytes[i].toString('base64')}` }));
-  return obj;
+export function runObjectWithDataUris(deps: SubmitDeps, run: RunRecord): Promise<RunObject> {
+  return inlineOutputs(toRunObject(run, deps.baseUrl()), run, deps.objects);
 }
 
 /** An abort signal that fires when the HTTP client goes away, so a held request stops waiting. */
