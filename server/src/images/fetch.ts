@@ -44,7 +44,7 @@ async function followHops(start: URL, field: string, opts: FetchOptions, signal:
   let url = start;
   for (let hop = 0; ; hop++) {
     const pinned = await raceAbort(resolveAllowed(url, field, opts.allowlist, opts.resolve), signal);
-    const agent = pinnedAgent(pinned, opts);
+    const agent = pinnedAgent(pinned, opts.connectTimeoutMs ?? opts.timeoutMs);
     try {
       const res = await request(url, { dispatcher: agent, method: 'GET', signal, headers: REQUEST_HEADERS });
       if (REDIRECTS.has(res.statusCode)) {
@@ -78,16 +78,26 @@ function nextHop(url: URL, res: Dispatcher.ResponseData, hop: number, field: str
   }
 }
 
-function pinnedAgent(pinned: ResolvedAddress, opts: FetchOptions): Agent {
+/**
+ * An undici dispatcher for one request to `url` whose sockets can only reach the address that
+ * passed the SSRF guard. For other outbound calls to user-given URLs (e.g. callbacks): checking
+ * the URL and then connecting by name would leave the DNS-rebinding window open. Destroy it after.
+ */
+export async function guardedAgent(
+  url: URL,
+  field: string,
+  allowlist: FetchAllowlist,
+  opts: { connectTimeoutMs?: number; resolve?: HostResolver } = {},
+): Promise<Agent> {
+  return pinnedAgent(await resolveAllowed(url, field, allowlist, opts.resolve), opts.connectTimeoutMs ?? 10_000);
+}
+
+function pinnedAgent(pinned: ResolvedAddress, connectTimeoutMs: number): Agent {
   const lookup: LookupFunction = (_hostname, options, callback) => {
     if (options?.all) (callback as (e: null, a: ResolvedAddress[]) => void)(null, [pinned]);
     else callback(null, pinned.address, pinned.family);
   };
-  return new Agent({
-    connect: { lookup, timeout: opts.connectTimeoutMs ?? opts.timeoutMs },
-    pipelining: 0,
-    keepAliveTimeout: 1,
-  });
+  return new Agent({ connect: { lookup, timeout: connectTimeoutMs }, pipelining: 0, keepAliveTimeout: 1 });
 }
 
 async function readCapped(res: Dispatcher.ResponseData, field: string, maxBytes: number): Promise<Buffer> {

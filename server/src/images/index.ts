@@ -6,5 +6,5 @@ export { ImageInputError } from './errors.js';
 export { parseImageSource, DEFAULT_MAX_INLINE_BYTES, type ImageSource, type SourceOptions } from './source.js';
 export { parseAllowlist, EMPTY_ALLOWLIST, type FetchAllowlist } from './allowlist.js';
 export { checkUrlAllowed, systemResolver, type HostResolver, type ResolvedAddress } from './guard.js';
-export { fetchImage, type FetchOptions } from './fetch.js';
+export { fetchImage, guardedAgent, type FetchOptions } from './fetch.js';
 export { decodeImage, fitWithin, DEFAULT_DECODE_OPTIONS, type DecodedImage, type DecodeOptions } from './decode.js';

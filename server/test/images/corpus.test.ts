@@ -87,7 +87,7 @@ describe('hostile corpus through decodeImage', () => {
       } catch (e) {
         err = e;
       }
-      expect(performance.now() - started, src.file).toBeLessThan(200);
+      expect(performance.now() - started, src.file).toBeLessThan(1000); // generous: a GC of the 50 MB string may land here
       expect(err, src.file).toBeInstanceOf(ImageInputError);
       expect((err as ImageInputError).reason, src.file).toMatch(new RegExp(src.reason));
     }

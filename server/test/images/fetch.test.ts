@@ -3,7 +3,8 @@ import tls from 'node:tls';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { fetchImage, ImageInputError, parseAllowlist, type FetchOptions, type HostResolver } from '../../src/images/index.js';
+import { request } from 'undici';
+import { fetchImage, guardedAgent, ImageInputError, parseAllowlist, type FetchOptions, type HostResolver } from '../../src/images/index.js';
 import { startServer, type RecordingServer } from './servers.js';
 
 /**
@@ -276,5 +277,24 @@ describe('fetchImage: limits', () => {
     const port = closed.port;
     await closed.close();
     expect((await refused(`http://${PUBLIC}:${port}/`)).reason).toMatch(/fetch failed: ECONNREFUSED/);
+  });
+});
+
+describe('guardedAgent (for other outbound calls such as callbacks)', () => {
+  it('refuses a private target and pins an allowed one to its checked address', async () => {
+    await expect(guardedAgent(new URL(`http://127.0.0.1:${canary.port}/`), 'callback_url', opts().allowlist)).rejects.toThrow(
+      /callback_url: URL refused: 127\.0\.0\.1 is a non-public address \(loopback\)/,
+    );
+    let calls = 0;
+    const resolve: HostResolver = async () => [{ address: ++calls === 1 ? PUBLIC : '127.0.0.1', family: 4 }];
+    const url = new URL(`http://hook.test:${origin.port}/img.png`);
+    const agent = await guardedAgent(url, 'callback_url', opts().allowlist, { resolve });
+    try {
+      const res = await request(url, { dispatcher: agent });
+      expect(Buffer.from(await res.body.arrayBuffer()).equals(png)).toBe(true);
+    } finally {
+      await agent.destroy();
+    }
+    expect(calls).toBe(1);
   });
 });
