@@ -30,7 +30,7 @@ log = logging.getLogger("kleinserve_engine.pipeline")
 MiB = 1024 * 1024
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: two equal-looking requests are still two requests
 class Job:
     prompt: str
     refs: list[Reference]
@@ -44,6 +44,7 @@ class Job:
     on_progress: Callable[[dict], None] | None = None
     canceled: bool = False
     enqueued_at: float = field(default_factory=time.perf_counter)
+    context: object = None  # the server's handle for answering this job
 
     def batch_key(self) -> tuple:
         return (self.width, self.height, self.steps, self.guidance, tuple(r.size for r in self.refs))

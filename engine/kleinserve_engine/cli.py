@@ -1,0 +1,115 @@
+"""Command line: `serve` (the engine process the control plane spawns) and `make-tiny-model DIR`.
+
+Imports stay light until the socket is bound: torch and diffusers load in the worker thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import ModelUnavailable
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("KLEINSERVE_DATA") or Path(tempfile.gettempdir()) / "kleinserve-data")
+
+
+def ensure_tiny_model(target: Path) -> Path:
+    """Builds the tiny model once; concurrent engines race safely through an atomic rename."""
+    if (target / "model_index.json").is_file():
+        return target
+    from .tiny import make_tiny_model
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    make_tiny_model(staging)
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kleinserve_engine", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve engine protocol v1 on a socket")
+    s.add_argument("--model", default="black-forest-labs/FLUX.2-klein-4B", help="diffusers-layout DIR, HF repo id, or 'tiny'")
+    s.add_argument("--listen", required=True, help="unix:PATH or tcp:HOST:PORT (port 0 picks a free one)")
+    s.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "fp32", "bf16"],
+                   help="auto: bfloat16 on CUDA, float32 on CPU")
+    s.add_argument("--max-batch", type=int, default=4, help="most images denoised together")
+    s.add_argument("--batch-window-ms", type=float, default=10.0, help="how long a request waits for batch mates")
+    s.add_argument("--prompt-cache-mb", type=float, default=256)
+    s.add_argument("--ref-cache-mb", type=float, default=512)
+    s.add_argument("--max-ref-pixels", type=int, default=1024 * 1024, help="pixel cap per reference after downscaling")
+    s.add_argument("--max-output-pixels", type=int, default=4 * 1024 * 1024)
+    s.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the transformer (default on CUDA)")
+    s.add_argument("--no-compile", dest="compile", action="store_false")
+    s.add_argument("--compile-backend", default="inductor", help="torch.compile backend (inductor; aot_eager for cheap checks)")
+    s.add_argument("--precision", default="bf16", choices=["bf16", "fp8"], help="fp8: torchao float8 on CUDA (experimental)")
+    s.add_argument("--warmup", default="auto", help="WxH:REFS,... buckets to warm before ready; 'auto' (CUDA defaults) or 'none'")
+    s.add_argument("--data-dir", type=Path, default=None, help="compile caches and the tiny model ($KLEINSERVE_DATA)")
+    s.add_argument("--tiny-dir", type=Path, default=None, help="where --model tiny is built (default DATA_DIR/tiny-model)")
+    s.add_argument("--log-level", default=os.environ.get("KLEINSERVE_LOG_LEVEL", "INFO"))
+
+    t = sub.add_parser("make-tiny-model", help="write a random-weight tiny klein in diffusers layout")
+    t.add_argument("dir", type=Path)
+    return p
+
+
+def _fail(message: str) -> int:
+    sys.stdout.write(json.dumps({"event": "failed", "code": "MODEL_UNAVAILABLE", "message": message}) + "\n")
+    sys.stdout.flush()
+    print(f"kleinserve-engine: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "make-tiny-model":
+        from .tiny import make_tiny_model
+
+        print(make_tiny_model(args.dir))
+        return 0
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "diffusers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from .server import ServeConfig, serve
+
+    data_dir = args.data_dir or default_data_dir()
+    model, model_id = args.model, None
+    if args.model == "tiny":
+        try:
+            model = str(ensure_tiny_model(args.tiny_dir or data_dir / "tiny-model"))
+        except Exception as exc:
+            return _fail(f"could not build the tiny model: {type(exc).__name__}: {exc}")
+        model_id = "tiny"
+    cfg = ServeConfig(
+        model=model, model_id=model_id, listen=args.listen, device=args.device, dtype=args.dtype, max_batch=args.max_batch,
+        batch_window_ms=args.batch_window_ms, prompt_cache_mb=args.prompt_cache_mb, ref_cache_mb=args.ref_cache_mb,
+        max_ref_pixels=args.max_ref_pixels, max_output_pixels=args.max_output_pixels, compile=args.compile,
+        compile_backend=args.compile_backend, precision=args.precision, warmup=args.warmup, data_dir=data_dir,
+        oom_prompt=os.environ.get("KLEINSERVE_TEST_OOM_PROMPT"),
+    )
+    try:
+        return asyncio.run(serve(cfg))
+    except ModelUnavailable as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,169 @@
+"""Engine protocol v1 framing and request validation (docs/engine-protocol.md is the authority).
+
+frame = u32 BE header_len | u32 BE body_len | JSON header | body (header.blobs, back to back).
+Pure Python on purpose: the server must answer health before torch is imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from dataclasses import dataclass
+
+from .errors import InvalidRequest, UnsupportedVersion
+
+VERSION = 1
+MAX_HEADER = 1 << 20
+MAX_BODY = 256 << 20
+_PREFIX = struct.Struct(">II")
+
+MAX_IMAGES = 4
+MAX_STEPS = 50
+MAX_NUM_IMAGES = 4
+MAX_PROMPT_CHARS = 20000
+MAX_SEED = 2**53
+OUTPUT_FORMATS = ("jpeg", "png", "webp")
+
+
+class FrameTooLarge(Exception):
+    pass
+
+
+@dataclass
+class Frame:
+    header: dict
+    blobs: list[bytes]
+
+
+def encode_frame(header: dict, blobs: list[bytes] | tuple = ()) -> bytes:
+    header = dict(header)
+    header.setdefault("v", VERSION)
+    if blobs:
+        header["blobs"] = [len(b) for b in blobs]
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    body_len = sum(len(b) for b in blobs)
+    return b"".join([_PREFIX.pack(len(raw), body_len), raw, *blobs])
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[dict | None, bytes] | None:
+    """Returns (header or None if it is not a JSON object, body), or None at a clean end of stream."""
+    try:
+        prefix = await reader.readexactly(_PREFIX.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise
+        return None
+    header_len, body_len = _PREFIX.unpack(prefix)
+    if header_len > MAX_HEADER or body_len > MAX_BODY:
+        raise FrameTooLarge(f"frame of {header_len} header / {body_len} body bytes exceeds {MAX_HEADER} / {MAX_BODY}")
+    raw = await reader.readexactly(header_len)
+    body = await reader.readexactly(body_len) if body_len else b""
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, body
+    return (header if isinstance(header, dict) else None), body
+
+
+def split_blobs(header: dict, body: bytes) -> list[bytes]:
+    sizes = header.get("blobs") or []
+    if not isinstance(sizes, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes):
+        raise InvalidRequest("blobs: must be an array of non-negative integers", "blobs")
+    if sum(sizes) != len(body):
+        raise InvalidRequest(f"blobs: lengths sum to {sum(sizes)} but the body has {len(body)} bytes", "blobs")
+    out, at = [], 0
+    for n in sizes:
+        out.append(body[at : at + n])
+        at += n
+    return out
+
+
+def check_version(header: dict) -> None:
+    if header.get("v") != VERSION:
+        raise UnsupportedVersion(f"protocol version {header.get('v')!r} is not supported; this engine speaks {VERSION}", "v")
+
+
+def error_header(id_, code: str, message: str, field: str | None = None) -> dict:
+    err = {"code": code, "message": message}
+    if field is not None:
+        err["field"] = field
+    return {"v": VERSION, "id": id_, "op": "error", "ok": False, "error": err}
+
+
+def _int(h: dict, name: str, lo: int, hi: int, default=None, nullable=False):
+    v = h.get(name)
+    if v is None:
+        if nullable:
+            return None
+        if default is not None:
+            return default
+        raise InvalidRequest(f"{name}: required", name)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise InvalidRequest(f"{name}: must be an integer in [{lo}, {hi}], got {v!r}", name)
+    return v
+
+
+@dataclass
+class GenerateRequest:
+    id: str
+    prompt: str
+    images: list[dict]
+    blobs: list[bytes]
+    seed: int | None
+    steps: int
+    guidance: float
+    width: int | None
+    height: int | None
+    num_images: int
+    output_format: str
+    output_quality: int
+    progress: bool
+
+
+def parse_generate(h: dict, blobs: list[bytes], max_output_pixels: int) -> GenerateRequest:
+    prompt = h.get("prompt")
+    if not isinstance(prompt, str):
+        raise InvalidRequest("prompt: must be a string", "prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"prompt: longer than {MAX_PROMPT_CHARS} characters", "prompt")
+    images = h.get("images") or []
+    if not isinstance(images, list) or not all(isinstance(i, dict) for i in images):
+        raise InvalidRequest("images: must be an array of objects", "images")
+    if len(images) > MAX_IMAGES:
+        raise InvalidRequest(f"images: at most {MAX_IMAGES} references, got {len(images)}", "images")
+    if len(blobs) != len(images):
+        raise InvalidRequest(f"blobs: {len(images)} images need {len(images)} blobs, got {len(blobs)}", "blobs")
+    seed = _int(h, "seed", 0, MAX_SEED - 1, nullable=True)
+    steps = _int(h, "steps", 1, MAX_STEPS, default=4)
+    guidance = h.get("guidance", 1.0)
+    guidance = 1.0 if guidance is None else guidance
+    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not 0 <= guidance <= 20:
+        raise InvalidRequest(f"guidance: must be a number in [0, 20], got {guidance!r}", "guidance")
+    width, height = h.get("width"), h.get("height")
+    if (width is None) != (height is None):
+        raise InvalidRequest("width/height: give both or neither", "width" if width is None else "height")
+    if width is not None:
+        for name in ("width", "height"):
+            v = _int(h, name, 64, 8192)
+            if v % 16:
+                raise InvalidRequest(f"{name}: must be a multiple of 16, got {v}", name)
+        width, height = int(width), int(height)
+        if width * height > max_output_pixels:
+            raise InvalidRequest(f"width: {width}x{height} exceeds {max_output_pixels} output pixels", "width")
+    num_images = _int(h, "num_images", 1, MAX_NUM_IMAGES, default=1)
+    if seed is not None and seed + num_images > MAX_SEED:
+        raise InvalidRequest("seed: seed + num_images must stay below 2^53", "seed")
+    fmt = h.get("output_format", "jpeg") or "jpeg"
+    if fmt not in OUTPUT_FORMATS:
+        raise InvalidRequest(f"output_format: must be one of {'|'.join(OUTPUT_FORMATS)}, got {fmt!r}", "output_format")
+    quality = _int(h, "output_quality", 1, 100, default=95)
+    progress = h.get("progress", False)
+    if not isinstance(progress, bool):
+        raise InvalidRequest("progress: must be a boolean", "progress")
+    return GenerateRequest(
+        id=h["id"], prompt=prompt, images=images, blobs=blobs, seed=seed, steps=steps, guidance=float(guidance),
+        width=width, height=height, num_images=num_images, output_format=fmt, output_quality=quality, progress=progress,
+    )

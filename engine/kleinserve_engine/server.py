@@ -1,0 +1,373 @@
+"""asyncio server for engine protocol v1: many connections, many concurrent requests per connection.
+
+The loop does I/O, validation and batching; image decoding and resizing run in a small thread pool; inference
+runs on the single worker thread. torch is imported only by the worker, after the socket is bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import protocol
+from .batcher import Batcher
+from .errors import Canceled, EngineError, InvalidRequest, NotReady
+from .metrics import Metrics
+from .preprocess import DEFAULT_MAX_REF_PIXELS, MAX_ASPECT, MIN_SIDE
+from .worker import Worker
+
+log = logging.getLogger("kleinserve_engine.server")
+
+
+@dataclass
+class ServeConfig:
+    model: str
+    listen: str
+    model_id: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    max_batch: int = 4
+    batch_window_ms: float = 10.0
+    prompt_cache_mb: float = 256
+    ref_cache_mb: float = 512
+    max_ref_pixels: int = DEFAULT_MAX_REF_PIXELS
+    max_output_pixels: int = 4 * 1024 * 1024
+    compile: bool | None = None
+    compile_backend: str = "inductor"
+    precision: str = "bf16"
+    warmup: str = "auto"
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("KLEINSERVE_DATA", ".data")))
+    oom_prompt: str | None = None
+
+
+class _Pending:
+    """One generate request from receipt to answer."""
+
+    def __init__(self, conn: "_Connection", req: protocol.GenerateRequest):
+        self.conn = conn
+        self.req = req
+        self.job = None
+        self.answered = False
+        self.canceled = False
+        self.received = time.perf_counter()
+
+
+class _Connection:
+    def __init__(self, server: "EngineServer", reader, writer):
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.pending: dict[str, _Pending] = {}
+        self.closed = False
+
+    def send(self, header: dict, blobs=()) -> None:
+        if self.closed or self.writer.is_closing():
+            return
+        # one write per frame: frames from concurrent requests never interleave
+        self.writer.write(protocol.encode_frame(header, blobs))
+
+    def send_error(self, id_, err: EngineError) -> None:
+        self.send(protocol.error_header(id_, err.code, err.message, err.field))
+
+
+def limits(cfg: ServeConfig) -> dict:
+    return {
+        "max_ref_pixels": cfg.max_ref_pixels, "min_side": MIN_SIDE, "max_aspect": MAX_ASPECT,
+        "max_images": protocol.MAX_IMAGES, "max_steps": protocol.MAX_STEPS,
+        "max_output_pixels": cfg.max_output_pixels, "max_batch": cfg.max_batch,
+    }
+
+
+class EngineServer:
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.status = "loading"
+        self.error: str | None = None
+        self.device = None
+        self.dtype = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kleinserve-preprocess")
+        self.worker = Worker(self._startup, self._on_result_thread, self._on_started_thread, cfg.max_batch)
+        self.batcher = Batcher(self.worker.submit, cfg.batch_window_ms / 1000.0, cfg.max_batch)
+        self.connections: set[_Connection] = set()
+        self.load_done: asyncio.Future | None = None
+        self._server = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def start(self) -> str:
+        self.loop = asyncio.get_running_loop()
+        self.load_done = self.loop.create_future()
+        kind, _, where = self.cfg.listen.partition(":")
+        if kind == "unix":
+            if os.path.exists(where):
+                os.unlink(where)  # a stale socket from a previous run would make bind fail
+            self._server = await asyncio.start_unix_server(self._handle, path=where, limit=2**20)
+            address = f"unix:{where}"
+        elif kind == "tcp":
+            host, _, port = where.rpartition(":")
+            self._server = await asyncio.start_server(self._handle, host=host or "127.0.0.1", port=int(port), limit=2**20)
+            h, p = self._server.sockets[0].getsockname()[:2]
+            address = f"tcp:{h}:{p}"
+        else:
+            raise ValueError(f"--listen must be unix:PATH or tcp:HOST:PORT, got {self.cfg.listen!r}")
+        self.worker.start()
+        return address
+
+    async def close(self) -> None:
+        self.worker.stop()
+        if self._server:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.writer.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _startup(self):
+        """Worker thread: load, prepare and warm the model. Returns the Engine."""
+        from .fastpath import FastPathOptions, configure_compile_cache, load_mega_cache, save_mega_cache
+
+        cache_dir = configure_compile_cache(self.cfg.data_dir)
+        from .loading import load
+        from .pipeline import Engine, EngineOptions
+        from .warmup import DEFAULT_CUDA_BUCKETS, parse_buckets, warm
+
+        t0 = time.perf_counter()
+        model = load(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype, model_id=self.cfg.model_id)
+        self.device, self.dtype = model.device, model.dtype
+        fp = FastPathOptions.for_device(model.device.type, compile=self.cfg.compile, compile_backend=self.cfg.compile_backend,
+                                        precision=self.cfg.precision)
+        engine = Engine(model, EngineOptions(prompt_cache_mb=self.cfg.prompt_cache_mb, ref_cache_mb=self.cfg.ref_cache_mb,
+                                             fastpath=fp, oom_prompt=self.cfg.oom_prompt), self.metrics)
+        spec = self.cfg.warmup
+        if spec == "auto":
+            spec = DEFAULT_CUDA_BUCKETS if model.device.type == "cuda" else "none"
+        buckets = parse_buckets(spec)
+        if buckets:
+            loaded = fp.compile and load_mega_cache(cache_dir)
+            log.info("warming %d shape buckets (compile cache %s)", len(buckets), "loaded" if loaded else "cold")
+            warm(engine, buckets)
+            if fp.compile:
+                save_mega_cache(cache_dir)
+        self.metrics.warmup_seconds.set(time.perf_counter() - t0)
+        log.info("ready after %.1fs", time.perf_counter() - t0)
+        return engine
+
+    def _on_started_thread(self, engine, exc) -> None:
+        self.loop.call_soon_threadsafe(self._on_started, engine, exc)
+
+    def _on_started(self, engine, exc) -> None:
+        if exc is None:
+            self.status = "ready"
+            self.metrics.ready.set(1)
+        else:
+            self.status = "failed"
+            self.error = str(exc) or type(exc).__name__
+        if not self.load_done.done():
+            self.load_done.set_result(exc)
+
+    # -- connections ----------------------------------------------------------------------------------------
+    async def _handle(self, reader, writer) -> None:
+        conn = _Connection(self, reader, writer)
+        self.connections.add(conn)
+        try:
+            while True:
+                try:
+                    frame = await protocol.read_frame(reader)
+                except protocol.FrameTooLarge as exc:
+                    self.metrics.frames_rejected.labels("INVALID_REQUEST").inc()
+                    conn.send(protocol.error_header(None, "INVALID_REQUEST", str(exc)))
+                    break
+                except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+                    break
+                if frame is None:
+                    break
+                self._dispatch(conn, *frame)
+                await writer.drain()
+        finally:
+            conn.closed = True
+            self.connections.discard(conn)
+            for pending in list(conn.pending.values()):
+                self._cancel(pending)  # nobody is left to read the answer
+            try:
+                await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            writer.close()
+
+    def _dispatch(self, conn: _Connection, header: dict | None, body: bytes) -> None:
+        if header is None:
+            self.metrics.frames_rejected.labels("INVALID_REQUEST").inc()
+            return conn.send_error(None, InvalidRequest("header: not a JSON object", "header"))
+        id_ = header.get("id")
+        if not isinstance(id_, str):
+            self.metrics.frames_rejected.labels("INVALID_REQUEST").inc()
+            return conn.send_error(None, InvalidRequest("id: must be a string", "id"))
+        try:
+            protocol.check_version(header)
+            op = header.get("op")
+            if op == "health":
+                conn.send(self.health(id_))
+            elif op == "metrics":
+                self.metrics.queue_depth.set(self.queue_depth)
+                self.metrics.in_flight.set(self.in_flight)
+                conn.send({"v": 1, "id": id_, "op": "metrics", "ok": True}, [self.metrics.render()])
+            elif op == "generate":
+                self._generate(conn, header, body)
+            elif op == "cancel":
+                conn.send({"v": 1, "id": id_, "op": "cancel", "ok": True, "canceled": self._cancel_target(conn, header)})
+            else:
+                raise InvalidRequest(f"op: unknown operation {op!r}", "op")
+        except EngineError as err:
+            self.metrics.frames_rejected.labels(err.code).inc()
+            conn.send_error(id_, err)
+
+    def health(self, id_) -> dict:
+        return {
+            "v": 1, "id": id_, "op": "health", "ok": True, "status": self.status,
+            "model": self.cfg.model_id or self.cfg.model,
+            "device": str(self.device) if self.device is not None else None,
+            "dtype": str(self.dtype).replace("torch.", "") if self.dtype is not None else None,
+            "queue_depth": self.queue_depth, "in_flight": self.in_flight, "error": self.error, "limits": limits(self.cfg),
+        }
+
+    @property
+    def queue_depth(self) -> int:
+        return self.batcher.pending + self.worker.queue_depth
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(c.pending) for c in self.connections)
+
+    # -- generate -------------------------------------------------------------------------------------------
+    def _generate(self, conn: _Connection, header: dict, body: bytes) -> None:
+        if self.status != "ready":
+            raise NotReady(f"model is {self.status}" + (f": {self.error}" if self.error else ""))
+        if header["id"] in conn.pending:
+            raise InvalidRequest(f"id: request {header['id']!r} is already in flight on this connection", "id")
+        blobs = protocol.split_blobs(header, body)
+        req = protocol.parse_generate(header, blobs, self.cfg.max_output_pixels)
+        pending = _Pending(conn, req)
+        conn.pending[req.id] = pending
+        asyncio.ensure_future(self._prepare(pending))
+
+    async def _prepare(self, p: _Pending) -> None:
+        try:
+            job = await self.loop.run_in_executor(self.pool, self._build_job, p)
+        except EngineError as err:
+            return self._answer(p, err)
+        except Exception as exc:
+            log.exception("preparing %s failed", p.req.id)
+            return self._answer(p, EngineError(f"{type(exc).__name__}: {exc}"))
+        if p.canceled:
+            return self._answer(p, Canceled("canceled before it started"))
+        p.job = job
+        self.batcher.add(job)
+
+    def _build_job(self, p: _Pending):
+        from .pipeline import Job
+        from .preprocess import reference
+
+        req = p.req
+        refs = [reference(spec, blob, i, self.cfg.max_ref_pixels) for i, (spec, blob) in enumerate(zip(req.images, req.blobs))]
+        if req.width is not None:
+            width, height = req.width, req.height
+        elif refs:
+            width, height = refs[0].size
+        else:
+            width, height = 1024, 1024
+        seed = req.seed if req.seed is not None else secrets.randbelow(protocol.MAX_SEED - req.num_images)
+        on_progress = None
+        if req.progress:
+            def on_progress(info, p=p):
+                self.loop.call_soon_threadsafe(self._progress, p, info)
+        job = Job(prompt=req.prompt, refs=refs, seeds=[seed + i for i in range(req.num_images)], width=width, height=height,
+                  steps=req.steps, guidance=req.guidance, output_format=req.output_format,
+                  output_quality=req.output_quality, on_progress=on_progress)
+        job.enqueued_at = p.received
+        job.context = p
+        return job
+
+    def _progress(self, p: _Pending, info: dict) -> None:
+        if not p.answered and not p.canceled:
+            p.conn.send({"v": 1, "id": p.req.id, "op": "progress", **info})
+
+    def _on_result_thread(self, job, result) -> None:
+        self.loop.call_soon_threadsafe(self._answer, job.context, result)
+
+    def _answer(self, p: _Pending, result) -> None:
+        if p.answered:
+            return
+        p.answered = True
+        p.conn.pending.pop(p.req.id, None)
+        if isinstance(result, BaseException):
+            err = result if isinstance(result, EngineError) else EngineError(f"{type(result).__name__}: {result}")
+            self.metrics.requests.labels(err.code.lower()).inc()
+            return p.conn.send_error(p.req.id, err)
+        self.metrics.requests.labels("ok").inc()
+        self.metrics.observe_timings(result.timings)
+        header = {
+            "v": 1, "id": p.req.id, "op": "result", "ok": True,
+            "images": [{"width": result.width, "height": result.height, "content_type": result.content_type} for _ in result.images],
+            "seeds": result.seeds, "timings": result.timings, "batch_size": result.batch_size, "cache": result.cache,
+        }
+        p.conn.send(header, result.images)
+
+    # -- cancel ---------------------------------------------------------------------------------------------
+    def _cancel_target(self, conn: _Connection, header: dict) -> bool:
+        target = header.get("target")
+        if not isinstance(target, str):
+            raise InvalidRequest("target: must be the id of a generate request", "target")
+        pending = conn.pending.get(target)
+        if pending is None:  # the control plane may cancel from another connection
+            found = [c.pending[target] for c in self.connections if target in c.pending]
+            pending = found[0] if len(found) == 1 else None
+        if pending is None or pending.answered:
+            return False
+        self._cancel(pending)
+        return True
+
+    def _cancel(self, p: _Pending) -> None:
+        p.canceled = True
+        job = p.job
+        if job is None:
+            return  # still being prepared: _prepare answers CANCELED when it finishes
+        job.canceled = True
+        if self.batcher.remove(job) or self.worker.remove(job):
+            self._answer(p, Canceled("canceled while queued"))
+        # otherwise it is running: the worker drops it at the next step boundary and answers CANCELED
+
+
+async def serve(cfg: ServeConfig) -> int:
+    server = EngineServer(cfg)
+    address = await server.start()
+    sys.stdout.write(json.dumps({"event": "listening", "address": address}) + "\n")
+    sys.stdout.flush()
+    exc = await server.load_done
+    if exc is not None:
+        from .errors import ModelUnavailable
+
+        message = str(exc) if isinstance(exc, ModelUnavailable) else f"model could not be loaded: {type(exc).__name__}: {exc}"
+        sys.stdout.write(json.dumps({"event": "failed", "code": "MODEL_UNAVAILABLE", "message": message}) + "\n")
+        sys.stdout.flush()
+        print(f"kleinserve-engine: {message}", file=sys.stderr)
+        await server.close()
+        return 2
+    stop = asyncio.Event()
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            server.loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await stop.wait()
+    await server.close()
+    return 0
