@@ -20,6 +20,8 @@ export interface DecodeOptions {
   maxAspect: number;
   /** Cap on EXIF/XMP/ICC/text bytes (JPEG APPn+COM, PNG ancillary chunks). */
   maxMetadataBytes?: number;
+  /** Wall-clock cap on the pixel pipeline (sharp counts whole seconds), against slow-to-decode files. */
+  timeoutSeconds?: number;
 }
 
 export const DEFAULT_DECODE_OPTIONS: DecodeOptions = {
@@ -28,6 +30,7 @@ export const DEFAULT_DECODE_OPTIONS: DecodeOptions = {
   minSide: 64,
   maxAspect: 8,
   maxMetadataBytes: 2 * 1024 * 1024,
+  timeoutSeconds: 10,
 };
 
 /** sharp's name for each sniffed format (AVIF is read by the heif loader). */
@@ -61,7 +64,11 @@ export async function decodeImage(bytes: Buffer, field: string, opts: DecodeOpti
     if (target.width !== width || target.height !== height) {
       pipeline = pipeline.resize(target.width, target.height, { kernel: 'lanczos3', fit: 'fill' });
     }
-    const { data, info } = await pipeline.removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+    const { data, info } = await pipeline
+      .removeAlpha()
+      .raw({ depth: 'uchar' })
+      .timeout({ seconds: opts.timeoutSeconds ?? DEFAULT_DECODE_OPTIONS.timeoutSeconds! })
+      .toBuffer({ resolveWithObject: true });
     if (info.channels !== 3 || data.length !== info.width * info.height * 3) {
       throw new Error(`unexpected decoder output (${info.channels} channels)`);
     }
