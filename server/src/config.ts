@@ -35,6 +35,8 @@ export const ConfigSchema = z.object({
   callbackBaseDelayMs: intFrom(1000),
   callbackTimeoutMs: intFrom(10_000),
   shutdownGraceMs: intFrom(30_000),
+  /** fsync every stored object (power-loss durability) at a latency cost. */
+  fsync: z.boolean().default(false),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -65,6 +67,7 @@ export function loadConfig(values: Record<string, unknown>, env: NodeJS.ProcessE
     callbackMaxAttempts: env.KLEINSERVE_CALLBACK_MAX_ATTEMPTS,
     callbackBaseDelayMs: env.KLEINSERVE_CALLBACK_BASE_DELAY_MS,
     shutdownGraceMs: env.KLEINSERVE_SHUTDOWN_GRACE_MS,
+    fsync: env.KLEINSERVE_FSYNC ? env.KLEINSERVE_FSYNC === '1' : undefined,
     logLevel: env.LOG_LEVEL,
   };
   const parsed = ConfigSchema.safeParse(Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== undefined)));

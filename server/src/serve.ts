@@ -37,7 +37,7 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
   }
 
   const store = new SqliteStore(path.join(cfg.dataDir, 'runs.db'));
-  const objects = new DiskStore(path.join(cfg.dataDir, 'objects'));
+  const objects = new DiskStore(path.join(cfg.dataDir, 'objects'), cfg.fsync);
   const bus = new RunEventBus();
   const allowlist = parseAllowlist(cfg.fetchAllowlist);
   let baseUrl = cfg.publicBaseUrl?.replace(/\/+$/, '') ?? '';
@@ -68,6 +68,7 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
     logger: logger.child({ part: 'engine' }),
     idleDeadlineMs: cfg.engineIdleDeadlineMs,
     startupTimeoutMs: cfg.engineStartupTimeoutMs,
+    extraArgs: ['--data-dir', cfg.dataDir],
   });
   const metrics = new Metrics(store, engine, bus);
   const limits = () => engine.limits;

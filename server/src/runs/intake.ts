@@ -58,10 +58,11 @@ export async function intakeEditRun(deps: IntakeDeps, modelId: string, body: Cre
           await checkUrlAllowed(src.url, field, deps.allowlist);
           images[i] = { kind: 'url', url: src.url.toString() };
         } else {
-          decoded.set(i, await decodeImage(src.bytes, field, opts));
+          const img = await decodeImage(src.bytes, field, opts);
+          decoded.set(i, img);
           const key = `inputs/${id}/${i}`;
           inline.push({ key, bytes: src.bytes });
-          images[i] = { kind: 'inline', key, bytes: src.bytes.length, mime: src.mime };
+          images[i] = { kind: 'inline', key, bytes: src.bytes.length, mime: src.mime ?? `image/${img.format}` };
         }
       } catch (err) {
         if (!(err instanceof ImageInputError)) throw err;

@@ -1,4 +1,4 @@
-// Object store on local disk: write to a temp file, fsync, rename, so a crash never leaves half an image.
+// Object store on local disk: write to a temp file, then rename, so a crash never leaves half an image.
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -7,7 +7,15 @@ import type { Readable } from 'node:stream';
 import { assertSafeKey, type ObjectStore } from './object-store.ts';
 
 export class DiskStore implements ObjectStore {
-  constructor(readonly root: string) {
+  /**
+   * `durable` adds an fsync per object. Off by default: rename alone already means a crashed process never
+   * leaves a partial file, which matches SQLite's synchronous=NORMAL; fsync only adds power-loss safety
+   * and costs milliseconds to tens of milliseconds per run on a busy disk.
+   */
+  constructor(
+    readonly root: string,
+    private readonly durable = false,
+  ) {
     fs.mkdirSync(root, { recursive: true });
   }
 
@@ -23,7 +31,7 @@ export class DiskStore implements ObjectStore {
     const fh = await fsp.open(tmp, 'w');
     try {
       await fh.writeFile(bytes);
-      await fh.datasync();
+      if (this.durable) await fh.datasync();
     } finally {
       await fh.close();
     }
