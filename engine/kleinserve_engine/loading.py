@@ -99,7 +99,15 @@ def _load_text_encoder(path: Path, dtype, device, deepest: int):
     config.num_hidden_layers = deepest
     if getattr(config, "layer_types", None):
         config.layer_types = config.layer_types[:deepest]
-    lm = Qwen3ForCausalLM.from_pretrained(path / "text_encoder", config=config, dtype=dtype)
+    from transformers.utils import logging as hf_logging
+
+    # The skipped layers are reported as "unexpected keys": that is the point of the cut, not a problem.
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        lm = Qwen3ForCausalLM.from_pretrained(path / "text_encoder", config=config, dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(previous)
     decoder = lm.model
     # The pipeline reads raw layer outputs; with the stack cut at the deepest needed layer, the final norm would
     # otherwise be applied to that layer's output.
