@@ -1,4 +1,5 @@
 import type { LookupFunction } from 'node:net';
+import { rootCertificates } from 'node:tls';
 import { Agent, request, type Dispatcher } from 'undici';
 import type { FetchAllowlist } from './allowlist.js';
 import { ImageInputError, formatBytes } from './errors.js';
@@ -14,6 +15,8 @@ export interface FetchOptions {
   connectTimeoutMs?: number;
   /** DNS override, for tests that play a rebinding resolver. */
   resolve?: HostResolver;
+  /** Extra trusted CA certificates (PEM), e.g. for an internal image host behind a private CA. */
+  ca?: string | Buffer;
 }
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -44,7 +47,7 @@ async function followHops(start: URL, field: string, opts: FetchOptions, signal:
   let url = start;
   for (let hop = 0; ; hop++) {
     const pinned = await raceAbort(resolveAllowed(url, field, opts.allowlist, opts.resolve), signal);
-    const agent = pinnedAgent(pinned, opts.connectTimeoutMs ?? opts.timeoutMs);
+    const agent = pinnedAgent(pinned, opts.connectTimeoutMs ?? opts.timeoutMs, opts.ca);
     try {
       const res = await request(url, { dispatcher: agent, method: 'GET', signal, headers: REQUEST_HEADERS });
       if (REDIRECTS.has(res.statusCode)) {
@@ -87,17 +90,20 @@ export async function guardedAgent(
   url: URL,
   field: string,
   allowlist: FetchAllowlist,
-  opts: { connectTimeoutMs?: number; resolve?: HostResolver } = {},
+  opts: { connectTimeoutMs?: number; resolve?: HostResolver; ca?: string | Buffer } = {},
 ): Promise<Agent> {
-  return pinnedAgent(await resolveAllowed(url, field, allowlist, opts.resolve), opts.connectTimeoutMs ?? 10_000);
+  return pinnedAgent(await resolveAllowed(url, field, allowlist, opts.resolve), opts.connectTimeoutMs ?? 10_000, opts.ca);
 }
 
-function pinnedAgent(pinned: ResolvedAddress, connectTimeoutMs: number): Agent {
+function pinnedAgent(pinned: ResolvedAddress, connectTimeoutMs: number, ca?: string | Buffer): Agent {
   const lookup: LookupFunction = (_hostname, options, callback) => {
     if (options?.all) (callback as (e: null, a: ResolvedAddress[]) => void)(null, [pinned]);
     else callback(null, pinned.address, pinned.family);
   };
-  return new Agent({ connect: { lookup, timeout: connectTimeoutMs }, pipelining: 0, keepAliveTimeout: 1 });
+  // TLS still verifies the certificate against the URL's host name (SNI), not the pinned address.
+  // A `ca` option replaces Node's trust store, so the public roots are passed along with it.
+  const connect = { lookup, timeout: connectTimeoutMs, ...(ca !== undefined ? { ca: [...rootCertificates, ca] } : {}) };
+  return new Agent({ connect, pipelining: 0, keepAliveTimeout: 1 });
 }
 
 async function readCapped(res: Dispatcher.ResponseData, field: string, maxBytes: number): Promise<Buffer> {

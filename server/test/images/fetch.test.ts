@@ -1,4 +1,9 @@
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import tls from 'node:tls';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import sharp from 'sharp';
@@ -296,5 +301,54 @@ describe('guardedAgent (for other outbound calls such as callbacks)', () => {
       await agent.destroy();
     }
     expect(calls).toBe(1);
+  });
+});
+
+describe('fetchImage over https', () => {
+  let tlsOrigin: https.Server;
+  let tlsCanary: RecordingServer;
+  let cert: string;
+  let port: number;
+  const tlsSeen: string[] = [];
+
+  beforeAll(async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ks-tls-'));
+    try {
+      // A self-signed certificate for the name only; the test trusts it through FetchOptions.ca.
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
+        '-subj', '/CN=img.rebind.test', '-addext', 'subjectAltName=DNS:img.rebind.test',
+        '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+      cert = readFileSync(join(dir, 'cert.pem'), 'utf8');
+      const key = readFileSync(join(dir, 'key.pem'), 'utf8');
+      tlsOrigin = https.createServer({ key, cert }, (req, res) => {
+        tlsSeen.push(`${req.socket.localAddress} ${(req.socket as import('node:tls').TLSSocket).servername}`);
+        res.end(png);
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    port = await new Promise<number>((r) => tlsOrigin.listen(0, PUBLIC, () => r((tlsOrigin.address() as import('node:net').AddressInfo).port)));
+    tlsCanary = await startServer('127.0.0.1', undefined, port);
+  });
+  afterAll(async () => {
+    tlsOrigin?.closeAllConnections();
+    tlsOrigin?.close();
+    await tlsCanary?.close();
+  });
+
+  it('pins the checked address and still verifies the certificate against the host name', async () => {
+    let calls = 0;
+    const resolve: HostResolver = async () => [{ address: ++calls === 1 ? PUBLIC : '127.0.0.1', family: 4 }];
+    const url = new URL(`https://img.rebind.test:${port}/a.png`);
+    expect((await fetchImage(url, FIELD, opts({ resolve, ca: cert }))).equals(png)).toBe(true);
+    expect(tlsSeen).toEqual([`${PUBLIC} img.rebind.test`]);
+    expect(calls).toBe(1);
+    expect(tlsCanary.hits).toEqual([]);
+  });
+
+  it('refuses a certificate it cannot verify', async () => {
+    const resolve: HostResolver = async () => [{ address: PUBLIC, family: 4 }];
+    const err = await refused(`https://img.rebind.test:${port}/a.png`, opts({ resolve }));
+    expect(err.reason).toMatch(/fetch failed: .*(SELF_SIGNED|CERT)/i);
   });
 });
