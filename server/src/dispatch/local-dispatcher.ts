@@ -2,14 +2,14 @@
 // concurrent requests. Each run: preprocess -> engine -> store output -> succeed, with every outcome going
 // through the lifecycle. Engine crashes and hangs requeue the run (bounded by the lifecycle's attempts).
 import type { Logger } from 'pino';
-import { ImageInputError, type DecodedImage } from '../images/index.ts';
+import type { DecodedImage } from '../images/index.ts';
 import { EngineConnectionError, EngineDeadlineError, EngineError, type GenerateResult } from '../engine/client.ts';
 import { ModelUnavailableError, type Engine } from '../engine/supervisor.ts';
 import type { RunLifecycle } from '../runs/lifecycle.ts';
 import type { RunRecord, RunTiming, StoredOutputImage } from '../runs/types.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import type { Metrics } from '../plugins/metrics.ts';
-import { prepareImages, type PreprocessDeps } from './preprocess.ts';
+import { prepareImages, PreprocessFailure, type PreprocessDeps } from './preprocess.ts';
 
 export interface DispatcherDeps {
   lifecycle: RunLifecycle;
@@ -121,9 +121,8 @@ export class LocalDispatcher {
     try {
       images = await prepareImages(this.deps.preprocess, claimed, this.decodedCache.get(claimed.id));
     } catch (err) {
-      if (!(err instanceof ImageInputError)) throw err;
-      const code = /fetch|HTTP|redirect|timed out|resolve/i.test(err.reason) ? 'IMAGE_FETCH_FAILED' : 'INPUT_VALIDATION_FAILED';
-      await lifecycle.fail(claimed, code, err.message, 'preprocess');
+      if (!(err instanceof PreprocessFailure)) throw err;
+      await lifecycle.fail(claimed, err.code, err.message, 'preprocess');
       return;
     }
     timing.preprocess_ms = round(performance.now() - t);

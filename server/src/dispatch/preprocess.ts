@@ -1,6 +1,6 @@
 // The preprocess stage: every image of a run becomes decoded RGB for the engine. URL images are fetched
 // here (under the SSRF guard); inline ones come from the intake's cache or, after a restart, from storage.
-import { decodeImage, fetchImage, type DecodedImage, type FetchOptions } from '../images/index.ts';
+import { decodeImage, fetchImage, ImageInputError, type DecodedImage, type FetchOptions } from '../images/index.ts';
 import type { EngineImage, EngineLimits } from '../engine/client.ts';
 import { decodeOptions } from '../runs/intake.ts';
 import type { RunRecord } from '../runs/types.ts';
@@ -13,6 +13,20 @@ export interface PreprocessDeps {
   maxInputPixels: number;
 }
 
+/** A refused or unreachable image in the preprocess stage; `code` says which. */
+export class PreprocessFailure extends Error {
+  constructor(
+    readonly code: 'IMAGE_FETCH_FAILED' | 'INPUT_VALIDATION_FAILED',
+    readonly cause: ImageInputError,
+  ) {
+    super(cause.message);
+  }
+}
+
+const tag = (code: PreprocessFailure['code']) => (err: unknown) => {
+  throw err instanceof ImageInputError ? new PreprocessFailure(code, err) : err;
+};
+
 export async function prepareImages(
   deps: PreprocessDeps,
   run: RunRecord,
@@ -24,8 +38,11 @@ export async function prepareImages(
       const field = `input.image_urls[${i}]`;
       let decoded = cached?.get(i);
       if (!decoded) {
-        const bytes = img.kind === 'url' ? await fetchImage(new URL(img.url), field, deps.fetch) : await deps.objects.get(img.key);
-        decoded = await decodeImage(bytes, field, opts);
+        const bytes =
+          img.kind === 'url'
+            ? await fetchImage(new URL(img.url), field, deps.fetch).catch(tag('IMAGE_FETCH_FAILED'))
+            : await deps.objects.get(img.key);
+        decoded = await decodeImage(bytes, field, opts).catch(tag('INPUT_VALIDATION_FAILED'));
       }
       return { format: 'rgb8', width: decoded.width, height: decoded.height, data: decoded.rgb };
     }),
