@@ -103,3 +103,39 @@ describe('decodeImage: format gate', () => {
     expect(await refusal(bytes, { ...OPTS, maxMetadataBytes: 1000 })).toMatch(/metadata .*too large/);
   });
 });
+
+describe('decodeImage: mutation fuzzing', () => {
+  it('either decodes to well-formed RGB or refuses with ImageInputError, for corrupted files of every format', async () => {
+    const base = sharp({ create: { width: 80, height: 72, channels: 4, background: { r: 10, g: 200, b: 90, alpha: 0.5 } } });
+    const seeds = await Promise.all([
+      base.clone().jpeg().toBuffer(),
+      base.clone().png().toBuffer(),
+      base.clone().webp().toBuffer(),
+      base.clone().gif().toBuffer(),
+      base.clone().tiff().toBuffer(),
+      base.clone().avif({ effort: 0 }).toBuffer(),
+    ]);
+    const mutation = fc.record({
+      seed: fc.integer({ min: 0, max: seeds.length - 1 }),
+      flips: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 8 }),
+      cut: fc.option(fc.nat(), { nil: undefined }),
+    });
+    await fc.assert(
+      fc.asyncProperty(mutation, async ({ seed, flips, cut }) => {
+        const bytes = Buffer.from(seeds[seed]!);
+        for (const [at, value] of flips) bytes[at % bytes.length] = value;
+        const input = cut === undefined ? bytes : bytes.subarray(0, cut % bytes.length);
+        const out = await decodeImage(input, FIELD, OPTS).catch((e: unknown) => e);
+        if (out instanceof Error) {
+          expect(out).toBeInstanceOf(ImageInputError);
+          expect((out as ImageInputError).field).toBe(FIELD);
+        } else {
+          const img = out as Awaited<ReturnType<typeof decodeImage>>;
+          expect(img.rgb.length).toBe(img.width * img.height * 3);
+          expect(img.width * img.height).toBeLessThanOrEqual(OPTS.maxRefPixels);
+        }
+      }),
+      { numRuns: Number(process.env.KS_FUZZ_RUNS ?? 150) },
+    );
+  });
+});
