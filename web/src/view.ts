@@ -47,6 +47,7 @@ export function showError(err: unknown) {
 
 export function clearResult() {
   $('result').replaceChildren();
+  $('run-meta').hidden = true;
   $('timings').hidden = true;
   $('download').hidden = true;
   $('reseed').hidden = true;
@@ -86,4 +87,9 @@ export function showRun(run: Run) {
     a.hidden = false;
   }
   $('reseed').hidden = run.status_code !== 'succeeded';
+  const meta = $('run-meta');
+  const inputs = Array.isArray(run.input?.image_urls) ? (run.input.image_urls as string[]) : [];
+  meta.textContent = `Run ${run.id} · ${inputs.length} input image${inputs.length === 1 ? '' : 's'}` +
+    (run.output ? ` · seed ${run.output.seed}` : '') + (run.duration_ms !== null ? ` · ${run.duration_ms} ms` : '');
+  meta.hidden = false;
 }
