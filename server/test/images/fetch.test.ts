@@ -1,5 +1,5 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -18,6 +18,7 @@ import { startServer, type RecordingServer } from './servers.js';
  * 192.0.2.2 / fd00::2 if present) and must never see a request.
  */
 const FIELD = 'input.image_urls[2]';
+const VENV_PYTHON = join(import.meta.dirname, '../../../.venv/bin/python');
 const PUBLIC = '127.0.0.2';
 let canary: RecordingServer;
 let origin: RecordingServer;
@@ -350,5 +351,33 @@ describe('fetchImage over https', () => {
     const resolve: HostResolver = async () => [{ address: PUBLIC, family: 4 }];
     const err = await refused(`https://img.rebind.test:${port}/a.png`, opts({ resolve }));
     expect(err.reason).toMatch(/fetch failed: .*(SELF_SIGNED|CERT)/i);
+  });
+});
+
+describe('fetchImage: connect timeout', () => {
+  let blackhole: ChildProcess;
+  let port: number;
+  let filler: net.Socket;
+
+  beforeAll(async () => {
+    // A listener that never accepts, with its backlog filled: further SYNs get no answer, like a
+    // firewalled host. Node always accepts, so a tiny Python child holds the socket.
+    const python = existsSync(VENV_PYTHON) ? VENV_PYTHON : 'python3';
+    const script = `import socket,sys,time\ns=socket.socket();s.bind(('${PUBLIC}',0));s.listen(0)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(120)`;
+    blackhole = spawn(python, ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    port = await new Promise<number>((resolve) => blackhole.stdout!.once('data', (d) => resolve(Number(String(d).trim()))));
+    filler = net.createConnection({ host: PUBLIC, port });
+    await new Promise((r) => filler.once('connect', r));
+  });
+  afterAll(() => {
+    filler?.destroy();
+    blackhole?.kill();
+  });
+
+  it('gives up on a connect that is never answered after connectTimeoutMs', async () => {
+    const started = performance.now();
+    const err = await refused(`http://${PUBLIC}:${port}/a.png`, opts({ connectTimeoutMs: 300, timeoutMs: 5000 }));
+    expect(err.reason).toBe('fetch failed: connect timed out');
+    expect(performance.now() - started).toBeLessThan(2000);
   });
 });
