@@ -1,5 +1,6 @@
 export interface FieldError {
   field?: string;
+  reason?: string;
   path?: string;
   message?: string;
   code?: string;

@@ -4,12 +4,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig, REPO_ROOT } from './config.ts';
-import { edit } from './edit-command.ts';
+import { editCommand as edit } from './cli-edit/command.ts';
 
 const USAGE = `usage:
   kleinserve serve [--model DIR|REPO|tiny] [--port 8080] [--host 127.0.0.1] [--data DIR] [--api-key K]... [--concurrency N]
   kleinserve make-tiny-model DIR
-  kleinserve edit --image FILE|URL [--image ...] --prompt TEXT [--seed N] [--steps N] -o out.jpg [--server URL] [--api-key K]`;
+  kleinserve edit --image FILE|URL [--image ...] --prompt TEXT [--seed N] [--steps N] -o out.jpg [--server URL]... [--api-key K]
+  kleinserve edit --prompt TEXT [--ref FILE|URL]... FILE|DIR|GLOB... [--suffix .edited] [--format jpeg|png|webp] [--concurrency 2]`;
 
 export async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;

@@ -1,5 +1,10 @@
 // Issue 6 server surfaces against the REAL server + tiny engine: SSE progress, OpenAI-compatible routes
 // (driven by the official `openai` package), text-to-image, fal/Replicate aliases, sync_mode, the playground route.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import OpenAI, { toFile } from 'openai';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -181,5 +186,30 @@ describe('playground route', () => {
     const asset = await fetch(`${server.url}${js}`);
     expect(asset.status).toBe(200);
     expect(asset.headers.get('cache-control')).toContain('immutable');
+  });
+});
+
+describe('kleinserve edit (CLI)', () => {
+  const BIN = path.resolve(import.meta.dirname, '../../bin/kleinserve.mjs');
+  const cli = (args: string[]) => promisify(execFile)(process.execPath, [BIN, 'edit', '--server', server.url, '--api-key', KEY, ...args]);
+
+  it('batch-edits a directory and a glob, writing outputs next to inputs with a suffix, with an SSE-driven bar', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ks-cli-'));
+    fs.mkdirSync(path.join(dir, 'more'));
+    fs.writeFileSync(path.join(dir, 'a.jpg'), await testImage(96, 64));
+    fs.writeFileSync(path.join(dir, 'b.png'), await testImage(64, 96, 'png'));
+    fs.writeFileSync(path.join(dir, 'more', 'c.webp'), await testImage(80, 80, 'webp'));
+    fs.writeFileSync(path.join(dir, 'notes.txt'), 'not an image');
+    const { stdout, stderr } = await cli(['--prompt', 'batch', '--steps', '2', dir, `${dir}/**/*.webp`]);
+    expect(stdout).toContain('3 of 3 edited');
+    expect(stderr).toMatch(/step 2\/2/);
+    for (const [out, fmt] of [['a.edited.jpg', 'jpeg'], ['b.edited.png', 'png'], ['more/c.edited.webp', 'webp']]) {
+      const meta = await sharp(path.join(dir, out)).metadata();
+      expect(meta.format).toBe(fmt);
+    }
+    // A second pass skips what the first one wrote.
+    const again = await cli(['--prompt', 'batch', '--steps', '1', dir]);
+    expect(again.stdout).toContain('2 of 2 edited');
+    expect(fs.existsSync(path.join(dir, 'a.edited.edited.jpg'))).toBe(false);
   });
 });
