@@ -208,8 +208,13 @@ export class EngineSupervisor extends EventEmitter implements Engine {
       if (msg.event === 'listening' && msg.address) {
         clearTimeout(startup);
         this.connect(child, msg.address).catch((err) => {
-          logger.error({ err: err.message }, 'could not connect to engine; killing it');
-          child.kill('SIGKILL');
+          // An engine that fails to load closes its socket and exits 2 on its own: give it time to say so,
+          // so that exit status (no restart) is what we see rather than our own SIGKILL.
+          setTimeout(() => {
+            if (this.child !== child || child.exitCode !== null || child.signalCode !== null) return;
+            logger.error({ err: err.message }, 'lost the engine connection; killing it');
+            child.kill('SIGKILL');
+          }, 3000).unref();
         });
       } else if (msg.event === 'failed') {
         failedLine = msg.message ?? 'model unavailable';
