@@ -1,5 +1,5 @@
 // fal- and Replicate-style input aliases (issue 6 item 6), resolved to the canonical edit parameters in ONE place.
-// Precedence when several are given (documented in docs/api-aliases.md):
+// Precedence when several are given (documented in docs/surfaces.md):
 //   steps                > num_inference_steps                        (Runflow's own field wins)
 //   width/height         > image_size (preset or {width,height})      > aspect_ratio (+ output_megapixels)
 //                        > default: the first reference's size (edit) or 1024x1024 (text-to-image)
