@@ -1,0 +1,83 @@
+// Where a new run goes: the home region while it is healthy and has idle engine slots, else the healthy
+// region with the most idle slots, else any healthy region still under its queue limit (home first).
+// When none qualifies: 429 RATE_LIMITED with Retry-After, or (backpressure "queue") park the run unplaced
+// within a global bound until the sweeper can place it.
+import { ApiError } from '../routes/errors.ts';
+import type { RegionState } from './region-monitor.ts';
+
+export interface PlacementOptions {
+  /** Waiting jobs per region beyond which it takes no new runs. */
+  regionQueueLimit: number;
+  backpressure: 'reject' | 'queue';
+  /** With backpressure "queue": unfinished runs allowed cluster-wide before 429. */
+  globalQueueLimit: number;
+  retryAfterSeconds: number;
+}
+
+/** Picks a region from the latest states; `extra` counts runs placed since those states were read. */
+export function chooseRegion(states: RegionState[], extra: Map<string, number>, opts: PlacementOptions): string | null {
+  const healthy = states.filter((s) => s.healthy);
+  const load = (s: RegionState) => s.waiting + s.active + (extra.get(s.name) ?? 0);
+  const spare = (s: RegionState) => s.slots - load(s);
+  const home = healthy.find((s) => s.home);
+  if (home && spare(home) > 0) return home.name;
+  const idle = healthy.filter((s) => spare(s) > 0).sort((a, b) => spare(b) - spare(a));
+  if (idle.length) return idle[0].name;
+  const open = healthy
+    .filter((s) => s.waiting + (extra.get(s.name) ?? 0) < opts.regionQueueLimit)
+    .sort((a, b) => Number(b.home) - Number(a.home) || load(a) / Math.max(1, a.slots) - load(b) / Math.max(1, b.slots));
+  return open[0]?.name ?? null;
+}
+
+/**
+ * Decides each new run's region synchronously during the POST (from cached states), remembers it for the
+ * store's insert and the enqueue that follows, and refuses when the cluster is full.
+ */
+export class Placement {
+  private readonly pending = new Map<string, { region: string | null; at: number }>();
+  private extra = new Map<string, number>();
+  unfinished = 0;
+
+  constructor(
+    private readonly states: () => RegionState[],
+    private readonly opts: PlacementOptions,
+  ) {}
+
+  /** Called with fresh states: placements they already count are forgotten. */
+  refreshed(unfinished: number): void {
+    this.extra = new Map();
+    this.unfinished = unfinished;
+    const cutoff = Date.now() - 60_000;
+    for (const [id, p] of this.pending) if (p.at < cutoff) this.pending.delete(id);
+  }
+
+  place(runId: string): string | null {
+    const region = chooseRegion(this.states(), this.extra, this.opts);
+    if (region) {
+      this.extra.set(region, (this.extra.get(region) ?? 0) + 1);
+    } else if (this.opts.backpressure !== 'queue' || this.unfinished >= this.opts.globalQueueLimit) {
+      throw new ApiError(
+        429,
+        'RATE_LIMITED',
+        'every region is at its queue limit or unavailable; retry later',
+        [],
+        { 'retry-after': String(this.opts.retryAfterSeconds) },
+      );
+    } else {
+      this.unfinished++;
+    }
+    this.pending.set(runId, { region, at: Date.now() });
+    return region;
+  }
+
+  regionOf(runId: string): string | null {
+    return this.pending.get(runId)?.region ?? null;
+  }
+
+  /** The region chosen for a run created by this replica, once (the enqueue consumes it). */
+  take(runId: string): { region: string | null } | undefined {
+    const p = this.pending.get(runId);
+    this.pending.delete(runId);
+    return p;
+  }
+}

@@ -1,0 +1,102 @@
+// Runs on every api replica, every sweep interval, after refreshing region states:
+//  - failover: queued runs (and runs whose worker lease expired) of an unhealthy region move to a healthy one;
+//  - placement: runs parked by backpressure get a region once one has room;
+//  - repair: runs that should be in a queue but are not (an api died between insert and enqueue, a Redis
+//    restarted empty, a worker shut down and released its run) are enqueued again.
+// Every step is a guarded UPDATE plus an idempotent enqueue (job id = run id), so replicas may overlap.
+import type { Logger } from 'pino';
+import { enqueueRun } from '../dispatch/bullmq-queue.ts';
+import type { PostgresStore } from '../runs/postgres-store.ts';
+import type { ClusterMetrics } from './metrics.ts';
+import { chooseRegion, type Placement, type PlacementOptions } from './placement.ts';
+import type { RegionMonitor } from './region-monitor.ts';
+import { withTimeout } from './redis.ts';
+
+export interface SweeperOptions {
+  intervalMs: number;
+  /** A queued run older than this without progress is enqueued again (a no-op if its job exists). */
+  staleMs: number;
+  batch: number;
+  placement: PlacementOptions;
+}
+
+export class Sweeper {
+  private timer?: NodeJS.Timeout;
+  private running = false;
+  private stopped = false;
+
+  constructor(
+    private readonly store: PostgresStore,
+    private readonly monitor: RegionMonitor,
+    private readonly placement: Placement,
+    private readonly metrics: ClusterMetrics,
+    private readonly logger: Logger,
+    private readonly opts: SweeperOptions,
+  ) {}
+
+  start(): void {
+    this.stopped = false;
+    const tick = () => {
+      if (this.stopped) return;
+      this.sweep()
+        .catch((err) => this.logger.error({ err }, 'cluster sweep failed'))
+        .finally(() => {
+          if (!this.stopped) this.timer = setTimeout(tick, this.opts.intervalMs);
+        });
+    };
+    tick();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
+  async sweep(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      const states = await this.monitor.refresh();
+      this.placement.refreshed(await this.store.countUnfinished());
+      const extra = new Map<string, number>();
+      const target = () => chooseRegion(states, extra, this.opts.placement);
+      for (const s of states) {
+        if (!s.healthy) await this.move(s.name, target());
+      }
+      await this.move(null, target());
+      for (const s of states) {
+        if (s.healthy) await this.repair(s.name);
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async move(from: string | null, to: string | null): Promise<void> {
+    if (!to || from === to) return;
+    const ids = await this.store.moveRuns(from, to, this.opts.batch);
+    if (!ids.length) return;
+    this.metrics.moved.inc({ from: from ?? 'unplaced', to }, ids.length);
+    this.logger.warn({ from, to, runs: ids.length }, from ? 'moved runs out of an unhealthy region' : 'placed parked runs');
+    await this.enqueueAll(to, ids);
+  }
+
+  private async repair(region: string): Promise<void> {
+    const ids = await this.store.staleRuns(region, Date.now() - this.opts.staleMs, this.opts.batch);
+    if (ids.length) await this.enqueueAll(region, ids);
+  }
+
+  private async enqueueAll(region: string, ids: string[]): Promise<void> {
+    const r = this.monitor.region(region);
+    if (!r) return;
+    for (const id of ids) {
+      try {
+        await withTimeout(enqueueRun(r.queue, id), 2000, 'enqueue');
+      } catch (err) {
+        this.metrics.enqueueErrors.inc({ region });
+        this.logger.warn({ err, region, run_id: id }, 'enqueue failed; the next sweep retries');
+        return;
+      }
+    }
+  }
+}

@@ -1,0 +1,99 @@
+// `kleinserve worker --region NAME --redis URL`: one per GPU. It starts and supervises its own engine
+// (restarted when it crashes or hangs), heartbeats into its region's Redis, and runs the jobs of its
+// region's queue through the same lifecycle and dispatcher as `serve`.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pino } from 'pino';
+import { HeartbeatWriter } from '../cluster/heartbeat.ts';
+import { workerConnection } from '../cluster/redis.ts';
+import type { RegionSpec } from '../cluster/regions.ts';
+import type { Config } from '../config.ts';
+import { ClusterWorker } from '../dispatch/bullmq-worker.ts';
+import { EngineSupervisor } from '../engine/supervisor.ts';
+import { parseAllowlist } from '../images/index.ts';
+import { PostgresStore } from '../runs/postgres-store.ts';
+import { callbackEnvelope } from '../runs/run-object.ts';
+import { openObjectStore } from '../storage/open-store.ts';
+import { onSignals } from './api.ts';
+import type { ClusterConfig } from './cluster-config.ts';
+
+const announce = (obj: Record<string, unknown>) => process.stdout.write(JSON.stringify(obj) + '\n');
+
+export async function runWorker(cfg: Config, cluster: ClusterConfig, region: RegionSpec): Promise<void> {
+  fs.mkdirSync(cfg.dataDir, { recursive: true });
+  const id = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const logger = pino({ level: cfg.logLevel, base: { role: 'worker', region: region.name, worker: id } }, pino.destination(2));
+  const store = await PostgresStore.open(cluster.databaseUrl, { max: Math.max(4, cfg.concurrency + 2) });
+  const objects = openObjectStore(cluster.storage, cfg.fsync);
+  const connection = workerConnection(region.redisUrl);
+  const engine = new EngineSupervisor({
+    python: cfg.python,
+    model: cfg.model,
+    socketPath: path.join(cfg.dataDir, `engine-${process.pid}.sock`),
+    pidFile: path.join(cfg.dataDir, `engine-${process.pid}.pid`),
+    logger: logger.child({ part: 'engine' }),
+    idleDeadlineMs: cfg.engineIdleDeadlineMs,
+    startupTimeoutMs: cfg.engineStartupTimeoutMs,
+    extraArgs: ['--data-dir', cfg.dataDir],
+  });
+  // Workers only write callbacks into the Postgres outbox (api replicas deliver them); their bodies need
+  // public URLs, which in a cluster is the load balancer's address (PUBLIC_BASE_URL).
+  const baseUrl = cfg.publicBaseUrl?.replace(/\/+$/, '') ?? '';
+  const worker = new ClusterWorker({
+    id,
+    region: region.name,
+    store,
+    connection,
+    engine,
+    objects,
+    logger,
+    concurrency: Math.max(1, cfg.concurrency),
+    maxAttempts: cfg.maxAttempts,
+    leaseMs: cluster.leaseMs,
+    stalledIntervalMs: cluster.stalledIntervalMs,
+    callbackBody: (run) => callbackEnvelope(run, baseUrl),
+    preprocess: {
+      objects,
+      limits: () => engine.limits,
+      maxInputPixels: cfg.maxInputPixels,
+      fetch: {
+        allowlist: parseAllowlist(cfg.fetchAllowlist),
+        timeoutMs: cfg.fetchTimeoutMs,
+        maxBytes: cfg.fetchMaxBytes,
+        maxRedirects: cfg.fetchMaxRedirects,
+      },
+    },
+  });
+  const heartbeat = new HeartbeatWriter(workerConnection(region.redisUrl), cluster.heartbeatMs, cluster.heartbeatTtlMs, () => ({
+    id,
+    region: region.name,
+    pid: process.pid,
+    concurrency: Math.max(1, cfg.concurrency),
+    active: worker.active,
+    engine: engine.state,
+    limits: engine.limits,
+    at: Date.now(),
+  }));
+
+  engine.start();
+  // Heartbeats start once the engine is ready, so the api only counts workers that can take runs.
+  const beating = () => {
+    if (engine.state !== 'ready') return;
+    engine.off('state', beating);
+    heartbeat.start();
+  };
+  engine.on('state', beating);
+  beating();
+  await worker.start();
+  announce({ event: 'worker_started', id, region: region.name, pid: process.pid, concurrency: cfg.concurrency });
+
+  onSignals(logger, async () => {
+    await heartbeat.stop(id);
+    await worker.stop(cfg.shutdownGraceMs);
+    await engine.stop();
+    connection.disconnect();
+    await store.close();
+  });
+}
