@@ -8,6 +8,11 @@ import { editCommand as edit } from './cli-edit/command.ts';
 
 const USAGE = `usage:
   kleinserve serve [--model DIR|REPO|tiny] [--port 8080] [--host 127.0.0.1] [--data DIR] [--api-key K]... [--concurrency N]
+  kleinserve api --database-url URL --region NAME=REDIS_URL [--region ...] --storage file:DIR|s3://BUCKET [--port N] [--host H]
+                [--data DIR] [--api-key K]... [--queue-limit N] [--backpressure reject|queue]
+  kleinserve worker --database-url URL --region NAME --redis REDIS_URL --storage file:DIR|s3://BUCKET [--model DIR|REPO|tiny]
+                [--concurrency N] [--data DIR]
+  kleinserve status --database-url URL --region NAME=REDIS_URL [--region ...] [--json]
   kleinserve make-tiny-model DIR
   kleinserve edit --image FILE|URL [--image ...] --prompt TEXT [--seed N] [--steps N] -o out.jpg [--server URL]... [--api-key K]
   kleinserve edit --prompt TEXT [--ref FILE|URL]... FILE|DIR|GLOB... [--suffix .edited] [--format jpeg|png|webp] [--concurrency 2]`;
@@ -18,6 +23,13 @@ export async function main(argv: string[]): Promise<void> {
     switch (command) {
       case 'serve':
         return await serveCommand(rest);
+      case 'api':
+      case 'worker':
+        return await clusterCommand(command, rest);
+      case 'status': {
+        const { status } = await import('./status-command.ts');
+        return await status(rest);
+      }
       case 'make-tiny-model':
         return await makeTinyModel(rest);
       case 'edit':
@@ -58,6 +70,36 @@ async function serveCommand(args: string[]): Promise<void> {
   const cfg = loadConfig(values);
   const { serve } = await import('./serve.ts');
   await serve(cfg);
+}
+
+/** Cluster roles (issue 5); the role modules load lazily so `serve` never pulls in pg/BullMQ/S3. */
+async function clusterCommand(command: 'api' | 'worker', args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string' },
+      data: { type: 'string' },
+      'api-key': { type: 'string', multiple: true },
+      concurrency: { type: 'string' },
+      'database-url': { type: 'string' },
+      region: { type: 'string', multiple: true },
+      redis: { type: 'string' },
+      storage: { type: 'string' },
+      'queue-limit': { type: 'string' },
+      backpressure: { type: 'string' },
+    },
+  });
+  const cfg = loadConfig(values);
+  const { loadClusterConfig, apiRegions, workerRegion } = await import('./roles/cluster-config.ts');
+  const cluster = loadClusterConfig(values);
+  if (command === 'api') {
+    const { runApi } = await import('./roles/api.ts');
+    return runApi(cfg, cluster, apiRegions(values));
+  }
+  const { runWorker } = await import('./roles/worker.ts');
+  return runWorker(cfg, cluster, workerRegion(values));
 }
 
 /** Delegates to the engine, which owns the model layout: `python -m kleinserve_engine make-tiny-model DIR`. */
