@@ -1,0 +1,16 @@
+// Fastify/Node server options that bound what one client can hold: header size, time to send the request
+// (slow-loris), idle keep-alive sockets. The socket idle timeout must outlast the longest quiet response,
+// a `Prefer: wait` hold, or the server would cut its own held requests.
+import type { FastifyServerOptions } from 'fastify';
+import type { HardeningConfig } from './config.ts';
+
+export function httpLimitOptions(cfg: HardeningConfig, waitCapSeconds: number): Partial<FastifyServerOptions> {
+  return {
+    http: { maxHeaderSize: cfg.maxHeaderBytes, headersTimeout: cfg.headersTimeoutMs, requestTimeout: cfg.requestTimeoutMs },
+    requestTimeout: cfg.requestTimeoutMs,
+    connectionTimeout: Math.max(120_000, waitCapSeconds * 1000 + 30_000),
+    keepAliveTimeout: cfg.keepAliveTimeoutMs,
+    // No client needs hundreds of requests on one socket; bounding it spreads load across connections.
+    maxRequestsPerSocket: 1000,
+  } as Partial<FastifyServerOptions>;
+}
