@@ -13,10 +13,14 @@ import {
 } from 'fastify-type-provider-zod';
 import type { KeyRing } from './auth/keys.ts';
 import type { Engine } from './engine/supervisor.ts';
+import type { AppHardening } from './hardening/index.ts';
 import type { DecodedImage } from './images/index.ts';
 import authPlugin from './plugins/auth.ts';
 import errorsPlugin from './plugins/errors.ts';
 import metricsPlugin, { type Metrics } from './plugins/metrics.ts';
+import rateLimitPlugin from './limits/rate-limit-plugin.ts';
+import { isRepeat } from './idempotency/claim.ts';
+import { deleteRunRoutes } from './routes/delete-run.ts';
 import healthRoutes from './routes/health.ts';
 import outputRoutes from './routes/outputs.ts';
 import runRoutes from './routes/runs.ts';
@@ -40,6 +44,8 @@ export interface AppDeps {
   baseUrl: () => string;
   waitCapSeconds: number;
   bodyLimitBytes: number;
+  /** Quotas, idempotency, retention and HTTP limits (hardening/index.ts builds them per role). */
+  hardening: AppHardening;
 }
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
@@ -51,6 +57,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     genReqId: () => uuidv7(),
     disableRequestLogging: false,
     routerOptions: { ignoreTrailingSlash: true },
+    ...deps.hardening.http,
   });
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
@@ -74,6 +81,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     transformObject: jsonSchemaTransformObject,
   });
   await app.register(authPlugin, { keys: deps.keys });
+  await app.register(rateLimitPlugin, {
+    limiter: deps.hardening.limiter,
+    bus: deps.lifecycle.bus,
+    isRepeat: (req) => isRepeat(deps.hardening.idempotency, req),
+  });
   await app.register(metricsPlugin, { metrics: deps.metrics, engine: deps.engine });
 
   fs.mkdirSync(deps.objects.localPath!('outputs'), { recursive: true });
@@ -87,7 +99,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     baseUrl: deps.baseUrl,
     waitCapSeconds: deps.waitCapSeconds,
     objects: deps.objects,
+    idempotency: deps.hardening.idempotency,
   });
+  await app.register(deleteRunRoutes, { lifecycle: deps.lifecycle, retention: deps.hardening.retention });
   await app.register(runEventsRoutes, deps);
   await app.register(textToImageRoutes, deps);
   await app.register(openAiImagesRoutes, deps);

@@ -16,6 +16,8 @@ import { callbackEnvelope } from './runs/run-object.ts';
 import { SqliteStore } from './runs/sqlite-store.ts';
 import { isTerminal } from './runs/types.ts';
 import { DiskStore } from './storage/disk-store.ts';
+import { loadHardeningConfig } from './hardening/config.ts';
+import { createEmbeddedHardening } from './hardening/index.ts';
 
 /** Machine-readable lines on stdout (tests and scripts read them); logs go to stderr. */
 const announce = (obj: Record<string, unknown>) => process.stdout.write(JSON.stringify(obj) + '\n');
@@ -87,6 +89,14 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
     },
   });
 
+  const hardening = createEmbeddedHardening({
+    cfg: loadHardeningConfig(),
+    dbFile: path.join(cfg.dataDir, 'runs.db'),
+    objects,
+    bus,
+    logger,
+    waitCapSeconds: cfg.waitCapSeconds,
+  });
   const app = await buildApp({
     logger,
     lifecycle,
@@ -99,6 +109,7 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
     baseUrl: () => baseUrl,
     waitCapSeconds: cfg.waitCapSeconds,
     bodyLimitBytes: cfg.bodyLimitBytes,
+    hardening,
   });
 
   const start = async () => {
@@ -113,6 +124,7 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
     }
     dispatcher.start();
     deliverer.start();
+    hardening.retention.start();
     return { url: baseUrl, port };
   };
   const stop = async () => {
@@ -120,6 +132,7 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
     await dispatcher.stop(cfg.shutdownGraceMs);
     await Promise.race([closing, new Promise((r) => setTimeout(r, 2000))]);
     deliverer.stop();
+    await hardening.close();
     await engine.stop();
     await store.close();
   };

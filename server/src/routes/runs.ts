@@ -4,6 +4,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { DecodedImage } from '../images/index.ts';
 import type { Engine } from '../engine/supervisor.ts';
+import { callerScope, claimIdempotency, idempotencyKeyOf, type IdempotencyOptions } from '../idempotency/claim.ts';
 import { assertModelAvailable, intakeEditRun, type IntakeDeps } from '../runs/intake.ts';
 import type { RunLifecycle } from '../runs/lifecycle.ts';
 import { toRunObject } from '../runs/run-object.ts';
@@ -35,6 +36,8 @@ export interface RunRoutesOptions {
   waitCapSeconds: number;
   /** Reads outputs back for sync_mode answers. */
   objects: ObjectStore;
+  /** A repeated Idempotency-Key / client_ref returns the original run instead of creating another. */
+  idempotency: IdempotencyOptions;
 }
 
 const runRoutes: FastifyPluginAsyncZod<RunRoutesOptions> = async (app, opts) => {
@@ -51,10 +54,25 @@ const runRoutes: FastifyPluginAsyncZod<RunRoutesOptions> = async (app, opts) => 
 
   async function create(req: FastifyRequest, reply: FastifyReply, modelId: string, body: CreateRunBody) {
     assertModelAvailable(engine.state, engine.status().error);
-    const { run, decoded } = await intakeEditRun(opts.intake, modelId, body);
-    opts.prime(run.id, decoded);
-    await lifecycle.create(run);
-    req.log.info({ run_id: run.id }, 'run created');
+    const claim = await claimIdempotency(opts.idempotency, callerScope(req), idempotencyKeyOf(req, body.client_ref));
+    let run;
+    if (claim.kind === 'existing') {
+      run = await store.get(claim.runId);
+      if (!run) throw runNotFound(claim.runId);
+      reply.header('idempotent-replayed', 'true');
+    } else {
+      try {
+        const intake = await intakeEditRun(opts.intake, modelId, body);
+        run = intake.run;
+        if (claim.kind === 'new') await claim.bind(run.id);
+        opts.prime(run.id, intake.decoded);
+        await lifecycle.create(run);
+      } catch (err) {
+        if (claim.kind === 'new') await claim.release();
+        throw err;
+      }
+      req.log.info({ run_id: run.id }, 'run created');
+    }
     const sync = body.input.sync_mode === true;
     const wait = sync ? opts.waitCapSeconds : parsePreferWait(req.headers.prefer, opts.waitCapSeconds);
     if (wait === null) return toRunObject(run, opts.baseUrl());
