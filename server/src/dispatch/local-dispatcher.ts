@@ -157,7 +157,9 @@ export class LocalDispatcher {
       await this.onEngineFailure(running, err, ac);
       return;
     }
-    metrics?.stage.observe({ stage: 'engine' }, (performance.now() - t) / 1000);
+    // Seen from here: engine total_ms plus the socket transfer both ways and the engine's framing.
+    timing.engine_rtt_ms = round(performance.now() - t);
+    metrics?.stage.observe({ stage: 'engine' }, timing.engine_rtt_ms / 1000);
 
     t = performance.now();
     const stored = await this.storeOutputs(running, result);

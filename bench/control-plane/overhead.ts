@@ -1,0 +1,146 @@
+// Control-plane overhead: client wall time of POST ... Prefer: wait for a 512x512 JPEG (inline) minus the
+// engine's own total_ms, over N sequential runs after warm-up, against the real server + tiny engine.
+// Usage: node --import tsx bench/control-plane/overhead.ts [--runs 200] [--warmup 20] [--steps 1] [--model DIR]
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { parseArgs } from 'node:util';
+import sharp from 'sharp';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+const { values } = parseArgs({
+  options: {
+    runs: { type: 'string', default: '200' },
+    warmup: { type: 'string', default: '20' },
+    steps: { type: 'string', default: '1' },
+    model: { type: 'string' },
+    out: { type: 'string', default: path.join(ROOT, 'bench/results/control-plane-overhead') },
+  },
+});
+const RUNS = Number(values.runs);
+const WARMUP = Number(values.warmup);
+const STEPS = Number(values.steps);
+const KEY = 'bench_key';
+const python = process.env.KLEINSERVE_PYTHON || path.join(ROOT, '.venv/bin/python');
+
+function pct(sorted: number[], p: number): number {
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return Math.round(sorted[i] * 100) / 100;
+}
+const summary = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return { p50: pct(s, 50), p90: pct(s, 90), p99: pct(s, 99), max: pct(s, 100), mean: Math.round((xs.reduce((a, b) => a + b, 0) / xs.length) * 100) / 100 };
+};
+
+async function photo(): Promise<Buffer> {
+  // Smooth gradients plus noise: compresses like a photo (~50-100 kB), not like a flat test card.
+  const w = 512, h = 512, raw = Buffer.alloc(w * h * 3);
+  for (let y = 0; y < h; y++)
+    for (let x = 0; x < w; x++) {
+      const i = (y * w + x) * 3, n = (Math.random() - 0.5) * 40;
+      raw[i] = Math.max(0, Math.min(255, (x / w) * 255 + n));
+      raw[i + 1] = Math.max(0, Math.min(255, (y / h) * 255 + n));
+      raw[i + 2] = Math.max(0, Math.min(255, 128 + 100 * Math.sin(x / 30) + n));
+    }
+  return sharp(raw, { raw: { width: w, height: h, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
+}
+
+async function main() {
+  let model = values.model;
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ks-bench-'));
+  if (!model) {
+    model = path.join(tmp, 'tiny');
+    const r = spawnSync(python, ['-m', 'kleinserve_engine', 'make-tiny-model', model], { stdio: 'inherit' });
+    if (r.status !== 0) throw new Error('make-tiny-model failed');
+  }
+  const server = spawn(process.execPath, [path.join(ROOT, 'server/bin/kleinserve.mjs'), 'serve', '--model', model, '--port', '0', '--data', path.join(tmp, 'data'), '--api-key', KEY], {
+    env: { LOG_LEVEL: 'warn', ...process.env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const url: string = await new Promise((resolve) => {
+    readline.createInterface({ input: server.stdout! }).on('line', (l) => {
+      const m = JSON.parse(l);
+      if (m.event === 'listening') resolve(m.url);
+    });
+  });
+  for (;;) {
+    const h = await fetch(`${url}/v1/health`).then((r) => r.json()).catch(() => ({}));
+    if (h.ok) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const jpeg = await photo();
+  const body = JSON.stringify({ input: { prompt: 'turn it into a watercolor painting', image_urls: [`data:image/jpeg;base64,${jpeg.toString('base64')}`], steps: STEPS } });
+  const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json', prefer: 'wait' };
+  const overhead: number[] = [], wall: number[] = [], engine: number[] = [];
+  const parts: Record<string, number[]> = { queue_ms: [], preprocess_ms: [], store_ms: [], engine_queue_ms: [], engine_rtt_ms: [] };
+  for (let i = 0; i < WARMUP + RUNS; i++) {
+    const t0 = performance.now();
+    const res = await fetch(`${url}/v1/models/black-forest-labs/flux-2-klein-4b/edit/runs`, { method: 'POST', headers, body });
+    const run = await res.json();
+    const ms = performance.now() - t0;
+    if (run.status_code !== 'succeeded') throw new Error(`run ${i} ended ${run.status_code}: ${JSON.stringify(run.error ?? run)}`);
+    if (i < WARMUP) continue;
+    const t = run.output.timing;
+    wall.push(ms);
+    engine.push(t.engine_total_ms);
+    overhead.push(ms - t.engine_total_ms);
+    for (const k of Object.keys(parts)) parts[k].push(t[k] ?? 0);
+  }
+  server.kill('SIGTERM');
+
+  const cpu = os.cpus();
+  const machine = `${cpu[0]?.model ?? 'unknown CPU'}, ${cpu.length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, ${os.type()} ${os.release()}, Node ${process.version}`;
+  const result = {
+    benchmark: 'control-plane overhead: client wall time of POST with Prefer: wait minus engine total_ms',
+    machine,
+    date: new Date().toISOString(),
+    input: `512x512 JPEG (${jpeg.length} bytes) inline as a data: URI, output JPEG 512x512`,
+    model: 'tiny (random weights)',
+    steps: STEPS,
+    runs: RUNS,
+    warmup: WARMUP,
+    overhead_ms: summary(overhead),
+    client_wall_ms: summary(wall),
+    engine_total_ms: summary(engine),
+    server_parts_ms: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, summary(v)])),
+    bar: 'p50 <= 15 ms',
+    passed: summary(overhead).p50 <= 15,
+    command: `node --import tsx bench/control-plane/overhead.ts --runs ${RUNS} --warmup ${WARMUP} --steps ${STEPS}`,
+  };
+  fs.mkdirSync(path.dirname(values.out!), { recursive: true });
+  fs.writeFileSync(`${values.out}.json`, JSON.stringify(result, null, 2) + '\n');
+  const o = result.overhead_ms;
+  const md = `# Control-plane overhead
+
+${result.benchmark}.
+
+- Machine: ${machine}
+- Date: ${result.date}
+- Input: ${result.input}; model ${result.model}, ${STEPS} step(s); ${RUNS} sequential runs after ${WARMUP} warm-up runs
+- Command: \`${result.command}\`
+
+| | p50 | p90 | p99 | max | mean |
+|---|---|---|---|---|---|
+| **overhead (ms)** | **${o.p50}** | ${o.p90} | ${o.p99} | ${o.max} | ${o.mean} |
+| client wall (ms) | ${result.client_wall_ms.p50} | ${result.client_wall_ms.p90} | ${result.client_wall_ms.p99} | ${result.client_wall_ms.max} | ${result.client_wall_ms.mean} |
+| engine total_ms | ${result.engine_total_ms.p50} | ${result.engine_total_ms.p90} | ${result.engine_total_ms.p99} | ${result.engine_total_ms.max} | ${result.engine_total_ms.mean} |
+${Object.entries(result.server_parts_ms).map(([k, v]) => `| server ${k} | ${v.p50} | ${v.p90} | ${v.p99} | ${v.max} | ${v.mean} |`).join('\n')}
+
+Bar: ${result.bar} — ${result.passed ? 'met' : 'NOT met'}.
+
+The overhead is everything the control plane adds around the engine's own work: HTTP and JSON parsing,
+zod validation, base64 and JPEG decode with sharp (the engine gets raw RGB), the SQLite insert and state
+transitions, handing the frame to the engine over its Unix socket, writing the output file, and the
+response. \`engine_queue_ms\` (the engine's batching window) is part of the engine's total_ms, not of the overhead.
+`;
+  fs.writeFileSync(`${values.out}.md`, md);
+  console.log(md);
+  fs.rmSync(tmp, { recursive: true, force: true });
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
