@@ -145,13 +145,13 @@ export async function openAiImagesRoutes(app: FastifyInstance, deps: SubmitDeps)
     const p = parseParams(params);
     if (images.length === 0) throw validationError([{ field: 'image', reason: 'give 1-4 images as image/image[] files or url/url[]' }]);
     if (images.length > 4) throw validationError([{ field: 'image', reason: `takes at most 4 images, got ${images.length}` }]);
-    const run = await submitRun(deps, MODEL_EDIT, { input: runInput(p, images) as never }).catch((e) => { throw renameFields(e); });
+    const run = await submitRun(deps, req, MODEL_EDIT, { input: runInput(p, images) as never }).catch((e) => { throw renameFields(e); });
     return answer(deps, req, reply, run, p.response_format ?? 'b64_json');
   });
 
   app.post('/v1/images/generations', { schema: { summary: 'OpenAI-compatible text-to-image', tags: ['openai'] } }, async (req, reply) => {
     const p = parseParams((req.body ?? {}) as Record<string, unknown>);
-    const run = await submitRun(deps, MODEL_TEXT_TO_IMAGE, { input: runInput(p, []) as never }).catch((e) => { throw renameFields(e); });
+    const run = await submitRun(deps, req, MODEL_TEXT_TO_IMAGE, { input: runInput(p, []) as never }).catch((e) => { throw renameFields(e); });
     return answer(deps, req, reply, run, p.response_format ?? 'b64_json');
   });
 }

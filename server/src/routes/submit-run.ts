@@ -1,6 +1,9 @@
 // Shared by the surfaces that create runs outside the Runflow route (OpenAI images, text-to-image):
 // validated body -> intake -> lifecycle.create -> dispatcher, and the answer shapes they need.
+import type { FastifyRequest } from 'fastify';
+import { callerScope, claimIdempotency, idempotencyKeyOf, type IdempotencyOptions } from '../idempotency/claim.ts';
 import type { DecodedImage } from '../images/index.ts';
+import { runNotFound } from './errors.ts';
 import type { Engine } from '../engine/supervisor.ts';
 import { assertModelAvailable, intakeEditRun, type IntakeDeps } from '../runs/intake.ts';
 import type { RunLifecycle } from '../runs/lifecycle.ts';
@@ -22,18 +25,34 @@ export interface SubmitDeps {
   baseUrl: () => string;
   /** Cap on how long a request may be held for its run, in seconds. */
   waitCapSeconds: number;
+  hardening: { idempotency: IdempotencyOptions };
 }
 
 export const MODEL_TEXT_TO_IMAGE = 'black-forest-labs/flux-2-klein-4b';
 
-/** `body.input` may carry alias fields; intake resolves them through normalizeEditInput. */
-export async function submitRun(deps: SubmitDeps, modelId: string, body: CreateRunBody): Promise<RunRecord> {
+/**
+ * `body.input` may carry alias fields; intake resolves them through normalizeEditInput. A repeat of an earlier
+ * create (same Idempotency-Key header or client_ref, same API key, within the window) returns the first run.
+ */
+export async function submitRun(deps: SubmitDeps, req: FastifyRequest, modelId: string, body: CreateRunBody): Promise<RunRecord> {
   assertModelAvailable(deps.engine.state, deps.engine.status().error);
-  const { run, decoded } = await intakeEditRun(deps.intake, modelId, body);
-  // Prime first: once created, the run is claimable.
-  deps.prime(run.id, decoded);
-  await deps.lifecycle.create(run);
-  return run;
+  const claim = await claimIdempotency(deps.hardening.idempotency, callerScope(req), idempotencyKeyOf(req, body.client_ref));
+  if (claim.kind === 'existing') {
+    const first = await deps.lifecycle.store.get(claim.runId);
+    if (!first) throw runNotFound(claim.runId);
+    return first;
+  }
+  try {
+    const { run, decoded } = await intakeEditRun(deps.intake, modelId, body);
+    if (claim.kind === 'new') await claim.bind(run.id);
+    // Prime first: once created, the run is claimable.
+    deps.prime(run.id, decoded);
+    await deps.lifecycle.create(run);
+    return run;
+  } catch (err) {
+    if (claim.kind === 'new') await claim.release();
+    throw err;
+  }
 }
 
 export function waitFor(deps: SubmitDeps, run: RunRecord, seconds: number, signal?: AbortSignal): Promise<RunRecord> {

@@ -1,13 +1,13 @@
 // POST /v1/models/black-forest-labs/flux-2-klein-4b/runs — text-to-image on the same run lifecycle as edits.
 // No references: the engine's zero-image path, 1024x1024 unless a size is given. Same run object, Prefer: wait,
 // callbacks and client_ref as the edit route; the fal/Replicate aliases apply here too.
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { toRunObject } from '../runs/run-object.ts';
 import { parsePreferWait } from '../runs/wait.ts';
 import { ALIAS_FIELDS, ImageSizeSchema } from './input-aliases.ts';
-import { CreateRunBodySchema, errorResponses, PreferHeaderSchema, RunObjectSchema } from './runs.schemas.ts';
+import { CreateRunBodySchema, type CreateRunBody, errorResponses, PreferHeaderSchema, RunObjectSchema } from './runs.schemas.ts';
 import { clientGone, MODEL_TEXT_TO_IMAGE, runObjectWithDataUris, submitRun, waitFor, type SubmitDeps } from './submit-run.ts';
 
 const dimension = z.int().min(64).max(4096).multipleOf(16);
@@ -36,10 +36,11 @@ export const TextToImageInputSchema = z
 const BodySchema = CreateRunBodySchema.extend({ input: TextToImageInputSchema });
 
 export async function textToImageRoutes(app: FastifyInstance, deps: SubmitDeps): Promise<void> {
-  const handler = async (req: { body: z.infer<typeof BodySchema>; headers: Record<string, unknown>; raw: import('node:http').IncomingMessage }) => {
-    const created = await submitRun(deps, MODEL_TEXT_TO_IMAGE, { ...req.body, input: { ...req.body.input, image_urls: [] } } as never);
+  const handler = async (req: FastifyRequest<{ Body: z.infer<typeof BodySchema> }>) => {
+    const body = { ...req.body, input: { ...req.body.input, image_urls: [] } };
+    const created = await submitRun(deps, req, MODEL_TEXT_TO_IMAGE, body as unknown as CreateRunBody);
     const sync = req.body.input.sync_mode === true;
-    const wait = sync ? deps.waitCapSeconds : parsePreferWait(req.headers.prefer as string | undefined, deps.waitCapSeconds);
+    const wait = sync ? deps.waitCapSeconds : parsePreferWait(req.headers.prefer, deps.waitCapSeconds);
     const run = wait === null ? created : await waitFor(deps, created, wait, clientGone(req.raw));
     return sync ? runObjectWithDataUris(deps, run) : toRunObject(run, deps.baseUrl());
   };
@@ -51,6 +52,6 @@ export async function textToImageRoutes(app: FastifyInstance, deps: SubmitDeps):
     response: { 200: RunObjectSchema, ...errorResponses },
   };
   const typed = app.withTypeProvider<ZodTypeProvider>();
-  typed.post('/v1/models/black-forest-labs/flux-2-klein-4b/runs', { schema }, (req) => handler(req as never));
-  typed.post('/v1/models/flux-2-klein-4b/runs', { schema: { ...schema, hide: true } }, (req) => handler(req as never));
+  typed.post('/v1/models/black-forest-labs/flux-2-klein-4b/runs', { schema }, (req) => handler(req));
+  typed.post('/v1/models/flux-2-klein-4b/runs', { schema: { ...schema, hide: true } }, (req) => handler(req));
 }

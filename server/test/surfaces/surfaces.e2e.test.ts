@@ -152,6 +152,14 @@ describe('text-to-image run route and input aliases', () => {
     expect(run.input.image_urls).toEqual([]);
   });
 
+  it('a repeated create with the same client_ref returns the first run', async () => {
+    const body = { input: { prompt: 'once', width: 64, height: 64, steps: 1 }, client_ref: `t2i_${Date.now()}` };
+    const first = (await (await t2i(body)).json()) as any;
+    const again = await t2i(body);
+    expect(again.status).toBe(200);
+    expect(((await again.json()) as any).id).toBe(first.id);
+  });
+
   it('sync_mode answers with data URIs; aspect_ratio + output_megapixels pick the size', async () => {
     const run = (await (await t2i({ input: { prompt: 'wide', aspect_ratio: '16:9', output_megapixels: 0.0625, steps: 1, sync_mode: true } })).json()) as any;
     expect(run.status_code).toBe('succeeded');
