@@ -74,6 +74,17 @@ describe('playground', () => {
     await page.screenshot({ path: path.join(SHOTS, 'playground-desktop.png') });
   });
 
+  it('re-does the run with a new seed', async () => {
+    const before = await page.locator('#run-meta').innerText();
+    await page.locator('#reseed').click();
+    await expect.poll(() => page.locator('#run-meta').innerText(), { timeout: 60_000 }).not.toBe(before);
+    await expect.poll(() => page.locator('#status-text').textContent(), { timeout: 60_000 }).toBe('Done.');
+    const seed = await page.locator('#seed').inputValue();
+    expect(seed).not.toBe('1234');
+    expect(await page.locator('#run-meta').innerText()).toContain(`seed ${seed}`);
+    expect(await page.locator('#history button').count()).toBe(2);
+  });
+
   it('shows a refusal in words, naming the image at fault', async () => {
     await page.locator('#files').setInputFiles(files[2]);
     await expect.poll(() => page.locator('#thumbs img').count()).toBe(3);
@@ -90,9 +101,10 @@ describe('playground', () => {
   it('reopens a run from the history after a reload', async () => {
     await page.reload();
     const entries = page.locator('#history button');
-    await expect.poll(() => entries.count()).toBeGreaterThan(0);
+    await expect.poll(() => entries.count()).toBe(2);
     expect(await page.locator('#result img').count()).toBe(0);
-    await entries.first().focus();
+    // The oldest entry is the first run (newest first).
+    await entries.last().focus();
     await page.keyboard.press('Enter');
     await page.locator('#result img').first().waitFor({ state: 'visible' });
     expect(await page.locator('#prompt').inputValue()).toBe('turn both into a watercolor postcard');
