@@ -2,6 +2,7 @@ import './style.css';
 import { Kleinserve, RunFailedError, toImageUrl, type Run, type RunInput } from '../../sdk/src/index.js';
 import { loadHistory, remember, renderHistory } from './history.js';
 import { InputList, renderThumbs, wireDropZone } from './inputs.js';
+import { shrinkForUpload } from './shrink.js';
 import { $, clearResult, showError, showEvent, showRun, showStatus } from './view.js';
 
 const KEY_STORE = 'kleinserve.apiKey';
@@ -46,7 +47,7 @@ async function runEdit() {
   showStatus('Uploading…');
   try {
     const image_urls = await Promise.all(inputs.sources().map(async (s, i) =>
-      typeof s === 'string' ? s : toImageUrl(s, i)));
+      typeof s === 'string' ? s : toImageUrl(await shrinkForUpload(s), i)));
     const created = await client.runs.create({ input: { ...readForm(), image_urls } });
     refreshHistory(remember(created));
     showStatus('Queued…');

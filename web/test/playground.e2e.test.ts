@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
+import sharp from 'sharp';
 import { build } from 'vite';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer, type ServerHandle } from '../../server/test/helpers/server.ts';
@@ -33,7 +34,8 @@ beforeAll(async () => {
     fs.writeFileSync(p, await testImage(w, h, fmt));
     return p;
   };
-  files = [await make('portrait.jpg', 192, 256, 'jpeg'), await make('logo.png', 160, 160, 'png'), await make('speck.png', 8, 8, 'png')];
+  files = [await make('portrait.jpg', 192, 256, 'jpeg'), await make('logo.png', 160, 160, 'png'), await make('speck.png', 8, 8, 'png'),
+    await make('big.jpg', 1600, 1200, 'jpeg')];
   fs.mkdirSync(SHOTS, { recursive: true });
 });
 
@@ -96,6 +98,34 @@ describe('playground', () => {
     expect(text).toMatch(/small|least|64/i);
     await page.locator('#thumbs li').nth(2).getByRole('button').click();
     await expect.poll(() => page.locator('#thumbs img').count()).toBe(2);
+  });
+
+  it('takes a dropped image and shrinks big photos to the engine pixel cap before upload', async () => {
+    while (await page.locator("#thumbs li button").count()) await page.locator("#thumbs li button").first().click();
+    expect(await page.locator('#thumbs img').count()).toBe(0);
+    // A real drop event carrying the file, as a person dragging from the desktop would send it.
+    const big = fs.readFileSync(files[3]).toString('base64');
+    await page.locator('#drop').evaluate((zone, b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([bytes], 'big.jpg', { type: 'image/jpeg' }));
+      zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }, big);
+    await expect.poll(() => page.locator('#thumbs img').count()).toBe(1);
+    let sent: any = null;
+    await page.route('**/edit/runs', async (route) => {
+      sent = route.request().postDataJSON();
+      await route.abort();
+    });
+    await page.locator('#run').click();
+    await page.locator('#error').waitFor({ state: 'visible' });
+    await page.unroute('**/edit/runs');
+    const uri: string = sent.input.image_urls[0];
+    expect(uri).toMatch(/^data:image\/jpeg;base64,/);
+    const meta = await sharp(Buffer.from(uri.split(',')[1], 'base64')).metadata();
+    expect(meta.width! * meta.height!).toBeLessThanOrEqual(1_048_576);
+    expect(meta.width! / meta.height!).toBeCloseTo(1600 / 1200, 1);
+    expect(await page.locator('#error').innerText()).toMatch(/could not be reached/);
   });
 
   it('reopens a run from the history after a reload', async () => {
