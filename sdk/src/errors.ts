@@ -13,6 +13,8 @@ export class KleinserveError extends Error {
   readonly code: string;
   readonly errors: FieldError[];
   readonly body: unknown;
+  /** Seconds the server asked us to wait (Retry-After), when it said. */
+  retryAfter?: number;
 
   constructor(status: number, code: string, message: string, errors: FieldError[] = [], body?: unknown) {
     super(message);
@@ -30,7 +32,10 @@ export class KleinserveError extends Error {
     const code = typeof body?.code === 'string' ? body.code : `HTTP_${res.status}`;
     const message = typeof body?.message === 'string' ? body.message : (text || res.statusText);
     const errors = Array.isArray(body?.errors) ? body.errors : [];
-    return new KleinserveError(res.status, code, message, errors, body ?? text);
+    const err = new KleinserveError(res.status, code, message, errors, body ?? text);
+    const retryAfter = Number(res.headers.get('retry-after'));
+    if (Number.isFinite(retryAfter) && retryAfter > 0) err.retryAfter = retryAfter;
+    return err;
   }
 }
 

@@ -100,8 +100,8 @@ export class Transport {
   }
 
   private backoff(attempt: number, lastError: unknown): number {
-    const retryAfter = lastError instanceof KleinserveError ? Number((lastError.body as any)?.retry_after) : NaN;
-    if (Number.isFinite(retryAfter) && retryAfter > 0) return retryAfter * 1000;
+    // Honour Retry-After (429/503), capped so one answer cannot stall a caller for minutes.
+    if (lastError instanceof KleinserveError && lastError.retryAfter) return Math.min(lastError.retryAfter, 30) * 1000;
     const base = this.retryDelayMs * 2 ** (attempt - 1);
     return base / 2 + Math.random() * (base / 2);
   }

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Kleinserve, KleinserveConnectionError, KleinserveError } from '../src/index.js';
 
-type Handler = (req: IncomingMessage, body: string) => { status: number; body: unknown } | 'drop';
+type Handler = (req: IncomingMessage, body: string) => { status: number; body: unknown; headers?: Record<string, string> } | 'drop';
 const servers: Server[] = [];
 
 async function serve(handler: Handler): Promise<string> {
@@ -13,7 +13,7 @@ async function serve(handler: Handler): Promise<string> {
     for await (const c of req) body += c;
     const out = handler(req, body);
     if (out === 'drop') { req.socket.destroy(); return; }
-    res.writeHead(out.status, { 'content-type': 'application/json' }).end(JSON.stringify(out.body));
+    res.writeHead(out.status, { 'content-type': 'application/json', ...out.headers }).end(JSON.stringify(out.body));
   });
   servers.push(srv);
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
@@ -67,6 +67,20 @@ describe('transport', () => {
     expect(err.code).toBe('INPUT_VALIDATION_FAILED');
     expect(err.errors[0].field).toBe('input.image_urls[1]');
     expect(hits).toBe(1);
+  });
+
+  it('waits as long as Retry-After says on 429, then succeeds', async () => {
+    const at: number[] = [];
+    const url = await serve(() => {
+      at.push(Date.now());
+      return at.length === 1
+        ? { status: 429, body: { code: 'RATE_LIMITED', message: 'slow down' }, headers: { 'retry-after': '1' } }
+        : { status: 200, body: run('x') };
+    });
+    const client = new Kleinserve({ baseUrl: url, retryDelayMs: 1 });
+    await client.runs.get('r1');
+    expect(at).toHaveLength(2);
+    expect(at[1] - at[0]).toBeGreaterThanOrEqual(950);
   });
 
   it('gives a connection error naming every URL when none answers', async () => {
