@@ -1,7 +1,7 @@
 // Builds the Fastify instance from injected parts, so the embedded `serve` role, cluster `api` replicas and
 // tests can each wire their own store, dispatcher and engine behind the same routes.
 import fs from 'node:fs';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import fastifySwagger from '@fastify/swagger';
 import type { Logger } from 'pino';
 import { v7 as uuidv7 } from 'uuid';
@@ -20,6 +20,8 @@ import errorsPlugin from './plugins/errors.ts';
 import metricsPlugin, { type Metrics } from './plugins/metrics.ts';
 import rateLimitPlugin from './limits/rate-limit-plugin.ts';
 import { isRepeat } from './idempotency/claim.ts';
+import { addMethodNotAllowed, collectPaths } from './hardening/method-not-allowed.ts';
+import { collectRouteFacts, documentErrors } from './hardening/openapi.ts';
 import { deleteRunRoutes } from './routes/delete-run.ts';
 import healthRoutes from './routes/health.ts';
 import outputRoutes from './routes/outputs.ts';
@@ -53,12 +55,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     loggerInstance: deps.logger,
     bodyLimit: deps.bodyLimitBytes,
     requestIdHeader: 'x-request-id',
-    requestIdLogLabel: 'request_id',
+    logController: new LogController({ requestIdLogLabel: 'request_id' }),
     genReqId: () => uuidv7(),
-    disableRequestLogging: false,
-    routerOptions: { ignoreTrailingSlash: true },
     ...deps.hardening.http,
+    routerOptions: { ignoreTrailingSlash: true, ...deps.hardening.http.routerOptions },
   });
+  const routeFacts = collectRouteFacts(app);
+  const routePaths = collectPaths(app);
   app.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
   });
@@ -78,7 +81,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       security: [{ bearer: [] }],
     },
     transform: jsonSchemaTransform,
-    transformObject: jsonSchemaTransformObject,
+    transformObject: (doc) => documentErrors(jsonSchemaTransformObject(doc), routeFacts),
   });
   await app.register(authPlugin, { keys: deps.keys });
   await app.register(rateLimitPlugin, {
@@ -107,5 +110,6 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(openAiImagesRoutes, deps);
   await app.register(playgroundRoutes);
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
+  addMethodNotAllowed(app, routePaths);
   return app as unknown as FastifyInstance;
 }

@@ -21,10 +21,10 @@ function outputsOf(id: string): string[] {
   return fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => !f.endsWith('.tmp')) : [];
 }
 
-async function submit(n: number, steps = 4): Promise<string[]> {
+async function submit(n: number, steps = 3): Promise<string[]> {
   const ids: string[] = [];
   for (let i = 0; i < n; i++) {
-    const { status, body } = await api.create({ input: { prompt: `run ${allIds.length + i}`, image_urls: [img], steps, width: 256, height: 256 } });
+    const { status, body } = await api.create({ input: { prompt: `run ${allIds.length + i}`, image_urls: [img], steps, width: 192, height: 192 } });
     expect(status).toBe(200);
     ids.push(body.id);
   }
@@ -73,7 +73,7 @@ describe('auth, secure by default', () => {
 
 describe('crashes lose nothing and double nothing', () => {
   it('survives kill -9 of the engine child mid-run', async () => {
-    const ids = await submit(5);
+    const ids = await submit(4);
     await waitFor(async () => (await api.get(ids[0])).status_code === 'running', 60_000, 'a run running');
     const before = (await srv.health()).engine;
     process.kill(before.pid, 'SIGKILL');
@@ -95,7 +95,7 @@ describe('crashes lose nothing and double nothing', () => {
   });
 
   it('survives kill -9 of the server: queued and running runs complete exactly once after restart', async () => {
-    const ids = await submit(6);
+    const ids = await submit(4);
     await waitFor(async () => (await api.get(ids[0])).status_code === 'running', 60_000, 'a run running');
     const oldEngine = (await srv.health()).engine.pid;
     await srv.kill9();
