@@ -3,6 +3,8 @@
 // a run reopens from history after a reload. Screenshots at desktop and phone widths go to
 // $KLEINSERVE_SCREENSHOT_DIR (docs/screenshots when refreshing the README's images), else a temp dir.
 import fs from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
@@ -19,10 +21,17 @@ let server: ServerHandle;
 let browser: Browser;
 let page: Page;
 let files: string[];
+let imageHost: Server;
+let imageUrl: string;
 
 beforeAll(async () => {
   await build({ root: WEB, logLevel: 'silent' });
-  server = await startServer({ apiKeys: [KEY] });
+  // A local image host the server may fetch from (the allow-list opens loopback for this test only).
+  const hosted = await testImage(128, 128);
+  imageHost = createServer((_req, res) => res.writeHead(200, { 'content-type': 'image/jpeg' }).end(hosted));
+  await new Promise<void>((r) => imageHost.listen(0, '127.0.0.1', r));
+  imageUrl = `http://127.0.0.1:${(imageHost.address() as AddressInfo).port}/hosted.jpg`;
+  server = await startServer({ apiKeys: [KEY], env: { KLEINSERVE_FETCH_ALLOWLIST: '127.0.0.1' } });
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
@@ -42,6 +51,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close();
   await server?.stop();
+  imageHost?.close();
 });
 
 describe('playground', () => {
@@ -84,7 +94,18 @@ describe('playground', () => {
     const seed = await page.locator('#seed').inputValue();
     expect(seed).not.toBe('1234');
     expect(await page.locator('#run-meta').innerText()).toContain(`seed ${seed}`);
-    expect(await page.locator('#history button').count()).toBe(2);
+    expect(await page.locator('#history button').count()).toBe(2);  // before the URL run
+  });
+
+  it('edits an image given by URL', async () => {
+    await page.locator('#url').fill(imageUrl);
+    await page.locator('#url').press('Enter');
+    await expect.poll(() => page.locator('#thumbs img').count()).toBe(3);
+    await page.locator('#run').click();
+    await expect.poll(() => page.locator('#run-meta').innerText(), { timeout: 60_000 }).toContain('3 input images');
+    await expect.poll(() => page.locator('#status-text').textContent(), { timeout: 60_000 }).toBe('Done.');
+    await page.locator('#thumbs li').nth(2).getByRole('button').click();
+    await expect.poll(() => page.locator('#thumbs img').count()).toBe(2);
   });
 
   it('shows a refusal in words, naming the image at fault', async () => {
@@ -131,7 +152,7 @@ describe('playground', () => {
   it('reopens a run from the history after a reload', async () => {
     await page.reload();
     const entries = page.locator('#history button');
-    await expect.poll(() => entries.count()).toBe(2);
+    await expect.poll(() => entries.count()).toBe(3);
     expect(await page.locator('#result img').count()).toBe(0);
     // The oldest entry is the first run (newest first).
     await entries.last().focus();
