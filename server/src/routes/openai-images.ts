@@ -132,7 +132,8 @@ function renameFields(err: unknown): unknown {
 }
 
 export async function openAiImagesRoutes(app: FastifyInstance, deps: SubmitDeps): Promise<void> {
-  await app.register(multipart, { limits: { fileSize: 32 * 1024 * 1024, files: 4, fields: 32, parts: 40 } });
+  // files: 8 so that a 5th-8th image gets the field-naming 422 below rather than a bare 413.
+  await app.register(multipart, { limits: { fileSize: 32 * 1024 * 1024, files: 8, fields: 32, parts: 48 } });
   const parent = app.errorHandler;
   app.setErrorHandler(function (err, req, reply) {
     if (err instanceof ApiError) return reply.headers(err.headers).code(err.statusCode).send(openAiErrorBody(err));
