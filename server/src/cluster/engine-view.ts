@@ -16,7 +16,7 @@ export class ClusterEngineView extends EventEmitter implements Engine {
   }
 
   get state(): EngineState {
-    return [...this.monitor.states.values()].some((s) => s.healthy) ? 'ready' : 'starting';
+    return [...this.monitor.states.values()].some((s) => s.reachable && s.workers > 0) ? 'ready' : 'starting';
   }
 
   get limits() {

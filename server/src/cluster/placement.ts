@@ -14,9 +14,19 @@ export interface PlacementOptions {
   retryAfterSeconds: number;
 }
 
-/** Picks a region from the latest states; `extra` counts runs placed since those states were read. */
-export function chooseRegion(states: RegionState[], extra: Map<string, number>, opts: PlacementOptions): string | null {
+/**
+ * Picks a region from the latest states; `extra` counts runs placed since those states were read. With
+ * `degraded`, a region that is only slow (reachable, live workers, but a job waited past the deadline)
+ * still takes new runs when no healthy region can: slow beats refused. Moves never target such a region.
+ */
+export function chooseRegion(states: RegionState[], extra: Map<string, number>, opts: PlacementOptions, degraded = false): string | null {
   const healthy = states.filter((s) => s.healthy);
+  const best = pick(healthy, extra, opts);
+  if (best || !degraded) return best;
+  return pick(states.filter((s) => s.reachable && s.workers > 0), extra, opts);
+}
+
+function pick(healthy: RegionState[], extra: Map<string, number>, opts: PlacementOptions): string | null {
   const load = (s: RegionState) => s.waiting + s.active + (extra.get(s.name) ?? 0);
   const spare = (s: RegionState) => s.slots - load(s);
   const home = healthy.find((s) => s.home);
@@ -52,7 +62,7 @@ export class Placement {
   }
 
   place(runId: string): string | null {
-    const region = chooseRegion(this.states(), this.extra, this.opts);
+    const region = chooseRegion(this.states(), this.extra, this.opts, true);
     if (region) {
       this.extra.set(region, (this.extra.get(region) ?? 0) + 1);
     } else if (this.opts.backpressure !== 'queue' || this.unfinished >= this.opts.globalQueueLimit) {

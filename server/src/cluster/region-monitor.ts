@@ -91,6 +91,7 @@ export class RegionMonitor {
   }
 
   private async probe(r: Region): Promise<RegionState> {
+    await untilReady(r.redis, this.opts.checkTimeoutMs);
     await r.redis.ping();
     const [counts, beats, oldest] = await Promise.all([
       r.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'),
@@ -130,4 +131,20 @@ export class RegionMonitor {
     for (const s of this.states.values()) if (s.limits) return s.limits;
     return DEFAULT_LIMITS;
   }
+}
+
+/** Producers do not queue commands while disconnected; a fresh or reconnecting client gets a moment to connect. */
+function untilReady(redis: Redis, ms: number): Promise<void> {
+  if (redis.status === 'ready') return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const done = (err?: Error) => {
+      clearTimeout(t);
+      redis.off('ready', onReady);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onReady = () => done();
+    const t = setTimeout(() => done(new Error(`not connected (${redis.status})`)), ms);
+    redis.on('ready', onReady);
+  });
 }

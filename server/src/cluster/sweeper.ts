@@ -63,9 +63,9 @@ export class Sweeper {
       for (const s of states) {
         if (!s.healthy) await this.move(s.name, target());
       }
-      await this.move(null, target());
+      await this.move(null, chooseRegion(states, extra, this.opts.placement, true));
       for (const s of states) {
-        if (s.healthy) await this.repair(s.name);
+        if (s.reachable) await this.repair(s.name);
       }
     } finally {
       this.running = false;

@@ -1,0 +1,158 @@
+// Issue 5 scenarios (a), (b), (d) on one real cluster: Postgres, one region Redis, two `kleinserve api`
+// replicas, three `kleinserve worker`s each driving its own Python engine on the tiny model.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Api, tmpDir, waitFor } from '../helpers/server.ts';
+import { dataUri, testImage } from '../helpers/images.ts';
+import {
+  API_KEY,
+  assertImage,
+  outputFilesByRun,
+  RedisServer,
+  sleep,
+  startApi,
+  startWorker,
+  TestDatabase,
+  waitWorkers,
+  type ApiProc,
+  type Proc,
+} from './harness.ts';
+
+const API_ENV = { KLEINSERVE_MAX_CONCURRENT_RUNS: '0', KLEINSERVE_RUNS_PER_MINUTE: '0' };
+
+let db: TestDatabase;
+let redis: RedisServer;
+let storageDir: string;
+let storage: string;
+let apis: ApiProc[] = [];
+let workers: (Proc & { id: string })[] = [];
+let image: string;
+
+const body = (i: number, extra: Record<string, unknown> = {}) => ({
+  input: { prompt: `cluster run ${i}`, image_urls: [image], steps: 1, seed: i },
+  ...extra,
+});
+
+beforeAll(async () => {
+  image = dataUri(await testImage(64, 64, 'png'), 'image/png');
+  storageDir = tmpDir('ks-cluster-objects-');
+  storage = `file:${storageDir}`;
+  [db, redis] = await Promise.all([TestDatabase.create('ks_cluster'), RedisServer.start()]);
+  // The first api runs the migrations; the second then finds the schema in place.
+  apis.push(await startApi({ db, regions: [['main', redis]], storage, env: API_ENV }));
+  apis.push(await startApi({ db, regions: [['main', redis]], storage, env: API_ENV }));
+  // A long heartbeat TTL keeps the region healthy while (d) freezes the workers with SIGSTOP.
+  const env = { KLEINSERVE_HEARTBEAT_TTL_MS: '20000' };
+  workers = await Promise.all([0, 1, 2].map(() => startWorker({ db, region: 'main', redis, storage, concurrency: 2, env })));
+  await waitWorkers(apis[0], 'main', 3);
+}, 180_000);
+
+afterAll(async () => {
+  await Promise.all([...apis, ...workers].map((p) => p.stop().catch(() => {})));
+  await redis?.down();
+  await db?.drop();
+});
+
+async function wonExecutions(ids: string[]): Promise<Map<string, number>> {
+  const { rows } = await db.query(
+    'SELECT run_id, COUNT(*) FILTER (WHERE won)::int AS won FROM run_executions WHERE run_id = ANY($1) GROUP BY run_id',
+    [ids],
+  );
+  return new Map(rows.map((r: any) => [r.run_id, r.won]));
+}
+
+describe('cluster: api replicas + BullMQ workers + Postgres', () => {
+  it('(a) 100 runs spread over two api replicas and three workers all succeed with valid images', async () => {
+    const clients = apis.map((a) => new Api(a.url, API_KEY));
+    const created = await Promise.all(
+      Array.from({ length: 100 }, async (_, i) => {
+        const res = await clients[i % 2].create(body(i));
+        expect(res.status, JSON.stringify(res.body)).toBe(200);
+        return res.body.id as string;
+      }),
+    );
+    const done = await Promise.all(created.map((id, i) => clients[(i + 1) % 2].waitTerminal(id, 150_000)));
+    expect(done.map((r) => r.status_code)).toEqual(created.map(() => 'succeeded'));
+    for (const run of done.slice(0, 100)) await assertImage(run.output.outputs[0].url, 64, 64);
+
+    // Spread: every worker ran some of them, and no run was published twice.
+    const { rows } = await db.query('SELECT worker, COUNT(*)::int AS n FROM runs WHERE id = ANY($1) GROUP BY worker', [created]);
+    expect(rows.length).toBe(3);
+    const won = await wonExecutions(created);
+    expect([...won.values()].every((n) => n === 1)).toBe(true);
+    expect(won.size).toBe(100);
+  }, 240_000);
+
+  it('(b) kill -9 of a worker holding runs: every run still succeeds, exactly once', async () => {
+    const client = new Api(apis[0].url, API_KEY);
+    const ids = await Promise.all(
+      Array.from({ length: 24 }, async (_, i) => (await client.create(body(1000 + i, { input: { ...body(0).input, steps: 2, seed: 1000 + i } }))).body.id as string),
+    );
+    // Kill the first worker seen holding a run of this batch.
+    let victim: (Proc & { id: string }) | undefined;
+    await waitFor(async () => {
+      const { rows } = await db.query(`SELECT worker FROM runs WHERE id = ANY($1) AND status IN ('dispatching','running') AND worker IS NOT NULL`, [ids]);
+      victim = workers.find((w) => rows.some((r: any) => r.worker === w.id));
+      return !!victim;
+    }, 60_000, 'a worker holding a run');
+    const { rows: held } = await db.query(`SELECT id FROM runs WHERE worker = $1 AND status IN ('dispatching','running')`, [victim!.id]);
+    const killedAt = Date.now();
+    await victim!.kill9();
+    workers = workers.filter((w) => w !== victim);
+
+    const done = await Promise.all(ids.map((id) => client.waitTerminal(id, 120_000)));
+    expect(done.map((r) => r.status_code)).toEqual(ids.map(() => 'succeeded'));
+    const recoveredIn = Date.now() - killedAt;
+    expect(recoveredIn).toBeLessThan(60_000);
+
+    const { rows } = await db.query('SELECT id, attempts, worker FROM runs WHERE id = ANY($1)', [held.map((r: any) => r.id)]);
+    // The runs the dead worker held were taken over by a live one (counted as an attempt).
+    for (const r of rows) {
+      expect(r.worker).not.toBe(victim!.id);
+      expect(r.attempts).toBeGreaterThanOrEqual(1);
+    }
+    const won = await wonExecutions(ids);
+    expect(ids.every((id) => won.get(id) === 1)).toBe(true);
+    const files = outputFilesByRun(storageDir);
+    expect(ids.every((id) => files.get(id)?.length === 1)).toBe(true);
+    for (const run of done) await assertImage(run.output.outputs[0].url, 64, 64);
+  }, 180_000);
+
+  it('(d) an api replica killed under held Prefer: wait requests: clients retry on the other and get their runs', async () => {
+    // Hold the runs: freeze the workers so the requests are still waiting when the replica dies.
+    for (const w of workers) w.proc.kill('SIGSTOP');
+    const victim = apis[0];
+    const survivor = apis[1];
+    const refs = Array.from({ length: 6 }, (_, i) => `held-${Date.now()}-${i}`);
+    const post = (url: string, ref: string, i: number) =>
+      fetch(`${url}/v1/models/black-forest-labs/flux-2-klein-4b/edit/runs`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json', prefer: 'wait=60', 'idempotency-key': ref },
+        body: JSON.stringify(body(2000 + i, { client_ref: ref })),
+      });
+    const clients = refs.map(async (ref, i) => {
+      try {
+        const res = await post(victim.url, ref, i);
+        return { first: 'answered', run: await res.json() };
+      } catch {
+        // The replica died mid-request: retry the same create (same key) against the other replica.
+        const res = await post(survivor.url, ref, i);
+        return { first: 'dropped', run: (await res.json()) as any };
+      }
+    });
+    try {
+      await waitFor(async () => (await db.query('SELECT 1 FROM runs WHERE client_ref = ANY($1)', [refs])).rowCount === refs.length, 30_000, 'runs created');
+      await sleep(300);
+      await victim.kill9();
+      apis = apis.filter((a) => a !== victim);
+    } finally {
+      for (const w of workers) w.proc.kill('SIGCONT');
+    }
+    const results = await Promise.all(clients);
+    expect(results.map((r) => r.first)).toEqual(refs.map(() => 'dropped'));
+    expect(results.map((r) => r.run.status_code)).toEqual(refs.map(() => 'succeeded'));
+    // One run per client: the retry found the run the dead replica had created instead of making a second.
+    const { rows } = await db.query('SELECT client_ref, COUNT(*)::int AS n FROM runs WHERE client_ref = ANY($1) GROUP BY client_ref', [refs]);
+    expect(rows.map((r: any) => r.n)).toEqual(refs.map(() => 1));
+    for (const r of results) await assertImage(r.run.output.outputs[0].url, 64, 64);
+  }, 120_000);
+});
