@@ -16,6 +16,7 @@ let node: Awaited<ReturnType<typeof createEmbedded>>;
 let base: string;
 let fake: FakeEngine;
 let crashOnce = new Set<string>();
+const logLines: any[] = [];
 const auth = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
 
 async function post(body: unknown, headers: Record<string, string> = {}) {
@@ -44,7 +45,8 @@ beforeAll(async () => {
     },
   });
   const cfg = loadConfig({ port: '0', data: dataDir, 'api-key': [KEY] }, { KLEINSERVE_MAX_ATTEMPTS: '3' });
-  node = await createEmbedded(cfg, { engine: new FakeEngineAdapter(fake), logger: pino({ level: 'silent' }) });
+  const sink = { write: (line: string) => void logLines.push(JSON.parse(line)) };
+  node = await createEmbedded(cfg, { engine: new FakeEngineAdapter(fake), logger: pino({ level: 'info' }, sink) });
   base = (await node.start()).url;
 });
 afterAll(() => node?.stop());
@@ -165,6 +167,14 @@ describe('embedded role against a fake engine', () => {
     const missing = await fetch(`${base}/v1/runs/0190d1c5-0000-7000-8000-000000000000`, { headers: auth });
     expect(missing.status).toBe(404);
     expect((await missing.json()).code).toBe('RUN_NOT_FOUND');
+  });
+
+  it('logs JSON lines carrying the request id and the run id', async () => {
+    const { body } = await post({ input: { prompt: 'logged', image_urls: [dataUri(await testImage())] } }, { prefer: 'wait=10', 'x-request-id': 'req-abc-123' });
+    expect(body.status_code).toBe('succeeded');
+    expect(logLines.some((l) => l.request_id === 'req-abc-123' && l.run_id === body.id && l.msg === 'run created')).toBe(true);
+    expect(logLines.some((l) => l.run_id === body.id && l.msg === 'run succeeded')).toBe(true);
+    expect(JSON.stringify(logLines)).not.toContain(KEY);
   });
 
   it('reports health with both status and ok', async () => {
