@@ -6,11 +6,15 @@ import type { HardeningConfig } from './config.ts';
 
 export function httpLimitOptions(cfg: HardeningConfig, waitCapSeconds: number): Partial<FastifyServerOptions> {
   return {
-    http: { maxHeaderSize: cfg.maxHeaderBytes, headersTimeout: cfg.headersTimeoutMs, requestTimeout: cfg.requestTimeoutMs },
+    http: { maxHeaderSize: cfg.maxHeaderBytes, headersTimeout: cfg.headersTimeoutMs, requestTimeout: cfg.requestTimeoutMs, connectionsCheckingInterval: 1000 },
+    // ^ how often Node enforces the two timeouts above; its 30 s default lets a slow client linger.
     requestTimeout: cfg.requestTimeoutMs,
     connectionTimeout: Math.max(120_000, waitCapSeconds * 1000 + 30_000),
     keepAliveTimeout: cfg.keepAliveTimeoutMs,
     // No client needs hundreds of requests on one socket; bounding it spreads load across connections.
     maxRequestsPerSocket: 1000,
+    // Long path parameters reach the route's own validation (a 422 naming the field) instead of a bare 414;
+    // the header size limit still bounds the whole URL.
+    routerOptions: { maxParamLength: 4096 },
   } as Partial<FastifyServerOptions>;
 }
