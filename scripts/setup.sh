@@ -35,3 +35,4 @@ if [ -f web/package.json ] && grep -q '"build"' web/package.json && [ "$(cat web
   npm run build -w web >/dev/null
   echo "$web_stamp" > web/dist/.kleinserve-stamp
 fi
+.venv/bin/schemathesis --version >/dev/null 2>&1 || .venv/bin/pip install -q --disable-pip-version-check -r server/test/fuzz/requirements.txt  # API fuzzing (issue 7)

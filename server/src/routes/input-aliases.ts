@@ -32,7 +32,7 @@ export const ALIAS_FIELDS = {
     .optional()
     .describe('Replicate style; ignored when width/height or image_size is given'),
   output_megapixels: z
-    .union([z.number(), z.string().regex(/^\d+(\.\d+)?$/)])
+    .union([z.number().min(0.0625).max(4), z.string().regex(/^\d+(\.\d+)?$/)])
     .transform(Number)
     .pipe(z.number().min(0.0625).max(4))
     .optional()

@@ -70,6 +70,17 @@ function runInput(p: OpenAiParams, image_urls: string[]) {
 async function readEditForm(req: FastifyRequest): Promise<{ params: Record<string, unknown>; images: string[] }> {
   const params: Record<string, unknown> = {};
   const images: string[] = [];
+  try {
+    await readParts(req, params, images);
+  } catch (err) {
+    // A malformed body (no boundary, truncated part) is the client's error: 400, never a 500 (found by schemathesis).
+    if (err instanceof ApiError || (err as { statusCode?: number }).statusCode) throw err;
+    throw new ApiError(400, 'BAD_REQUEST', `malformed multipart body: ${(err as Error).message}`);
+  }
+  return { params, images };
+}
+
+async function readParts(req: FastifyRequest, params: Record<string, unknown>, images: string[]): Promise<void> {
   for await (const part of req.parts()) {
     const name = part.fieldname.replace(/\[\]$/, '');
     if (part.type === 'file') {
@@ -84,7 +95,6 @@ async function readEditForm(req: FastifyRequest): Promise<{ params: Record<strin
       params[name] = part.value;
     }
   }
-  return { params, images };
 }
 
 async function answer(deps: SubmitDeps, req: FastifyRequest, reply: FastifyReply, created: RunRecord, format: 'b64_json' | 'url') {

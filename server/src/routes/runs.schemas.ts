@@ -79,6 +79,10 @@ export const ListRunsQuerySchema = z.object({
   cursor: z.string().max(64).optional(),
   status: z
     .string()
+    // The pattern puts the allowed values in the OpenAPI document, so clients (and fuzzers) can know them.
+    .regex(new RegExp(`^((${RUN_STATUSES.join('|')})(, *(${RUN_STATUSES.join('|')}))*)?$`), {
+      message: `unknown status; use a comma-separated list of ${RUN_STATUSES.join(', ')}`,
+    })
     .optional()
     .describe('comma-separated statuses')
     .transform((s, ctx) => {
