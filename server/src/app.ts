@@ -91,7 +91,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   await app.register(metricsPlugin, { metrics: deps.metrics, engine: deps.engine });
 
-  fs.mkdirSync(deps.objects.localPath!('outputs'), { recursive: true });
+  if (deps.objects.localPath) fs.mkdirSync(deps.objects.localPath('outputs'), { recursive: true });
   await app.register(healthRoutes, { engine: deps.engine });
   await app.register(outputRoutes, { objects: deps.objects });
   await app.register(runRoutes, {

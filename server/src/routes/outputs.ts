@@ -3,11 +3,15 @@
 import fastifyStatic from '@fastify/static';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import type { FastifyReply } from 'fastify';
 import type { ObjectStore } from '../storage/object-store.ts';
+import { ApiError } from './errors.ts';
 
 const outputRoutes: FastifyPluginAsyncZod<{ objects: ObjectStore & { root?: string } }> = async (app, { objects }) => {
-  if (!objects.localPath) throw new Error('the output route needs an object store with local files');
-  await app.register(fastifyStatic, { root: objects.localPath('outputs'), serve: false, decorateReply: true });
+  // Local files go through @fastify/static (Range, ETag); an object store without local files (S3 in a
+  // cluster) is proxied, so output URLs and their access rule are the same in every role.
+  const local = objects.localPath ? objects.localPath('outputs') : null;
+  if (local) await app.register(fastifyStatic, { root: local, serve: false, decorateReply: true });
   app.get(
     '/v1/outputs/:run/:file',
     {
@@ -21,11 +25,28 @@ const outputRoutes: FastifyPluginAsyncZod<{ objects: ObjectStore & { root?: stri
         }),
       },
     },
-    (req, reply) => {
+    async (req, reply) => {
+      if (!local) return proxy(objects, `outputs/${req.params.run}/${req.params.file}`, reply);
       // Outputs never change once published; an overwrite only happens before the run is visible as done.
       return reply.sendFile(`${req.params.run}/${req.params.file}`, { maxAge: '1d', immutable: true, cacheControl: true });
     },
   );
 };
+
+const TYPES: Record<string, string> = { jpg: 'image/jpeg', png: 'image/png', webp: 'image/webp' };
+
+async function proxy(objects: ObjectStore, key: string, reply: FastifyReply) {
+  let body;
+  try {
+    body = await objects.stream(key);
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ENOENT') throw new ApiError(404, 'NOT_FOUND', 'no such output');
+    throw err;
+  }
+  return reply
+    .header('content-type', TYPES[key.slice(key.lastIndexOf('.') + 1)] ?? 'application/octet-stream')
+    .header('cache-control', 'public, max-age=86400, immutable')
+    .send(body);
+}
 
 export default outputRoutes;
