@@ -36,3 +36,4 @@ if [ -f web/package.json ] && grep -q '"build"' web/package.json && [ "$(cat web
   echo "$web_stamp" > web/dist/.kleinserve-stamp
 fi
 .venv/bin/schemathesis --version >/dev/null 2>&1 || .venv/bin/pip install -q --disable-pip-version-check -r server/test/fuzz/requirements.txt  # API fuzzing (issue 7)
+[ -x .venv/bin/moto_server ] || .venv/bin/pip install -q --disable-pip-version-check -r deploy/requirements-test.txt  # S3-compatible server for the cluster tests (issue 5)
