@@ -22,6 +22,7 @@ import rateLimitPlugin from './limits/rate-limit-plugin.ts';
 import { isRepeat } from './idempotency/claim.ts';
 import { addMethodNotAllowed, collectPaths } from './hardening/method-not-allowed.ts';
 import { collectRouteFacts, documentErrors } from './hardening/openapi.ts';
+import securityHeaders from './hardening/security-headers.ts';
 import { deleteRunRoutes } from './routes/delete-run.ts';
 import healthRoutes from './routes/health.ts';
 import outputRoutes from './routes/outputs.ts';
@@ -84,6 +85,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     transformObject: (doc) => documentErrors(jsonSchemaTransformObject(doc), routeFacts),
   });
   await app.register(authPlugin, { keys: deps.keys });
+  await app.register(securityHeaders);
   await app.register(rateLimitPlugin, {
     limiter: deps.hardening.limiter,
     bus: deps.lifecycle.bus,
