@@ -55,10 +55,10 @@ FULL_CASES = {
     "c": dict(size=1024, refs=0, concurrent=1),
     "d": dict(size=512, refs=1, concurrent=8),
 }
-TINY_CASES = {
-    "a": dict(size=128, refs=1, concurrent=1),
-    "b": dict(size=128, refs=4, concurrent=1),
-    "c": dict(size=128, refs=0, concurrent=1),
+TINY_CASES = {  # smoke mode: same code paths, CPU-sized shapes
+    "a": dict(size=64, refs=1, concurrent=1),
+    "b": dict(size=64, refs=4, concurrent=1),
+    "c": dict(size=64, refs=0, concurrent=1),
     "d": dict(size=64, refs=1, concurrent=8),
 }
 DESCRIPTIONS = {"a": "edit, 1 reference", "b": "edit, 4 references", "c": "text-to-image", "d": "edit, 8 concurrent requests"}

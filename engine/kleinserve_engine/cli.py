@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", default="auto", help="WxH:REFS,... buckets to warm before ready; 'auto' (CUDA defaults) or 'none'")
     s.add_argument("--data-dir", type=Path, default=None, help="compile caches and the tiny model ($KLEINSERVE_DATA)")
     s.add_argument("--tiny-dir", type=Path, default=None, help="where --model tiny is built (default DATA_DIR/tiny-model)")
+    s.add_argument("--threads", type=int, default=int(os.environ.get("KLEINSERVE_TORCH_THREADS", "0")),
+                   help="CPU intra-op threads (default 1 on CPU: the tiny model gains little and shared cores lose a lot)")
     s.add_argument("--log-level", default=os.environ.get("KLEINSERVE_LOG_LEVEL", "INFO"))
 
     t = sub.add_parser("make-tiny-model", help="write a random-weight tiny klein in diffusers layout")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_window_ms=args.batch_window_ms, prompt_cache_mb=args.prompt_cache_mb, ref_cache_mb=args.ref_cache_mb,
         max_ref_pixels=args.max_ref_pixels, max_output_pixels=args.max_output_pixels, compile=args.compile,
         compile_backend=args.compile_backend, precision=args.precision, warmup=args.warmup, data_dir=data_dir,
-        oom_prompt=os.environ.get("KLEINSERVE_TEST_OOM_PROMPT"),
+        oom_prompt=os.environ.get("KLEINSERVE_TEST_OOM_PROMPT"), threads=args.threads,
     )
     try:
         return asyncio.run(serve(cfg))

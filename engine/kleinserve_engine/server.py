@@ -46,6 +46,7 @@ class ServeConfig:
     warmup: str = "auto"
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("KLEINSERVE_DATA", ".data")))
     oom_prompt: str | None = None
+    threads: int = 0  # CPU intra-op threads; 0 = 1 on CPU (see cli.py), torch's default on CUDA
 
 
 class _Pending:
@@ -142,6 +143,12 @@ class EngineServer:
         t0 = time.perf_counter()
         model = load(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype, model_id=self.cfg.model_id)
         self.device, self.dtype = model.device, model.dtype
+        if model.device.type == "cpu":
+            import torch
+
+            # OpenMP workers spin while they wait; on a small shared CPU more threads than free cores turn that
+            # spinning into a 5-10x slowdown, so the CPU engine runs single-threaded unless told otherwise.
+            torch.set_num_threads(self.cfg.threads or 1)
         fp = FastPathOptions.for_device(model.device.type, compile=self.cfg.compile, compile_backend=self.cfg.compile_backend,
                                         precision=self.cfg.precision)
         engine = Engine(model, EngineOptions(prompt_cache_mb=self.cfg.prompt_cache_mb, ref_cache_mb=self.cfg.ref_cache_mb,

@@ -17,7 +17,7 @@ def compiled_vs_eager(model, backend):
     eager = Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu", compile=False)))
     fast = Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu", compile=True, compile_backend=backend)))
     assert fast.denoiser.compiled and not eager.denoiser.compiled
-    job = lambda: make_job([random_image(96, 96, 8)], prompt="compile me", seeds=[11], output_format="png")  # noqa: E731
+    job = lambda: make_job([random_image(64, 64, 8)], prompt="compile me", seeds=[11], output_format="png")  # noqa: E731
     a = eager.run_batch([job()])[0].pixels[0]
     b = fast.run_batch([job()])[0].pixels[0]
     return int(np.abs(a.astype(int) - b.astype(int)).max())

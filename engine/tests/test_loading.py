@@ -1,5 +1,6 @@
 """Loading through the real path, the tiny model's layout, and the missing-weights failure."""
 
+import asyncio
 import hashlib
 import json
 import os
@@ -9,6 +10,7 @@ import sys
 import torch
 
 from conftest import EngineProcess
+from kleinserve_engine.client import EngineClient
 
 
 def test_tiny_model_has_the_diffusers_layout(tiny_dir):
@@ -93,6 +95,18 @@ def test_unreachable_repo_exit_2_names_the_repo(tmp_path):
 def test_model_tiny_builds_then_loads_through_the_same_path(tmp_path):
     eng = EngineProcess(["--model", "tiny", "--tiny-dir", str(tmp_path / "tiny"), "--listen", f"unix:{tmp_path}/t.sock"])
     try:
+        async def early():
+            c = await EngineClient.connect(eng.address)
+            try:
+                h, _, _ = await c.call({"op": "health"})
+                g, _, _ = await c.call({"op": "generate", "prompt": "too early", "width": 64, "height": 64})
+                return h, g
+            finally:
+                await c.close()
+        # the socket is bound before torch is even imported, so these answers come while the model loads
+        h, g = asyncio.run(early())
+        assert h["status"] == "loading" and h["device"] is None
+        assert g["op"] == "error" and g["error"]["code"] == "NOT_READY"
         health = eng.wait_ready()
         assert health["status"] == "ready" and health["model"] == "tiny" and health["dtype"] == "float32"
         assert (tmp_path / "tiny" / "model_index.json").is_file()

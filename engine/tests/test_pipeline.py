@@ -15,7 +15,7 @@ def run1(engine, job) -> JobResult:
 
 
 def test_same_seed_gives_byte_identical_output(engine):
-    refs = [random_image(160, 120, 1)]
+    refs = [random_image(96, 80, 1)]
     a = run1(engine, make_job(refs, seeds=[42], output_format="jpeg"))
     engine.prompt_cache.clear()
     engine.ref_cache.clear()
@@ -26,7 +26,7 @@ def test_same_seed_gives_byte_identical_output(engine):
 
 
 def test_batched_equals_alone_with_own_seeds_and_prompts(engine):
-    ref_sets = [[random_image(200, 150, 10 + i), random_image(96, 128, 20 + i)] for i in range(3)]
+    ref_sets = [[random_image(112, 80, 10 + i), random_image(64, 96, 20 + i)] for i in range(3)]
     prompts = ["a cat", "a dog wearing a hat", "watercolour"]
     seeds = [[1], [2, 3], [4]]
     jobs = [make_job(r, prompt=p, seeds=s, output_format="png") for r, p, s in zip(ref_sets, prompts, seeds)]
@@ -49,10 +49,10 @@ def test_batched_equals_alone_with_own_seeds_and_prompts(engine):
 def test_caches_hit_and_cached_equals_uncached(engine):
     engine.prompt_cache.clear()
     engine.ref_cache.clear()
-    refs = [random_image(128, 128, 5), random_image(144, 96, 6)]
+    refs = [random_image(64, 64, 5), random_image(96, 64, 6)]
     first = run1(engine, make_job(refs, prompt="cache me", seeds=[9], output_format="png"))
     assert first.cache == {"prompt": "miss", "refs": ["miss", "miss"]}
-    second = run1(engine, make_job([], prompt="cache me", seeds=[9], size=(128, 128), output_format="png"))
+    second = run1(engine, make_job([], prompt="cache me", seeds=[9], size=(64, 64), output_format="png"))
     assert second.cache["prompt"] == "hit"
     third = run1(engine, make_job(refs, prompt="cache me", seeds=[9], output_format="png"))
     assert third.cache == {"prompt": "hit", "refs": ["hit", "hit"]}
@@ -88,7 +88,7 @@ def test_text_to_image_shapes_and_no_nans(engine):
 def test_denoiser_output_has_no_nans(engine):
     import torch
 
-    job = make_job([random_image(128, 128, 3)], seeds=[3])
+    job = make_job([random_image(64, 64, 3)], seeds=[3])
     seen = []
     real = engine.denoiser
 

@@ -92,21 +92,21 @@ def test_text_to_image_defaults_and_num_images(server):
 
 
 def test_concurrent_requests_on_one_connection_share_a_batch(server):
-    img = random_image(128, 96, 4)
+    img = random_image(64, 64, 4)
 
     async def many(c):
         reqs = [gen(prompt=f"prompt {i}", images=[rgb8(img)], seed=i) for i in range(3)]
-        reqs.append(gen(prompt="other shape", images=[rgb8(random_image(64, 64, 5))], seed=4))
+        reqs.append(gen(prompt="other shape", images=[rgb8(random_image(80, 64, 5))], seed=4))
         return await asyncio.gather(*[c.call(*r) for r in reqs])
     heads = [h for h, _, _ in run(session(server, many))]
     assert [h["op"] for h in heads] == ["result"] * 4
     assert [h["seeds"] for h in heads] == [[0], [1], [2], [4]]
     assert max(h["batch_size"] for h in heads[:3]) > 1  # they arrived together and shared a batch
-    assert heads[3]["batch_size"] == 1 and heads[3]["images"][0]["width"] == 64
+    assert heads[3]["batch_size"] == 1 and heads[3]["images"][0]["width"] == 80
 
 
 def test_a_failing_request_fails_alone(server):
-    img = random_image(128, 96, 4)
+    img = random_image(64, 64, 4)
 
     async def many(c):
         reqs = [gen(prompt="fine", images=[rgb8(img)], seed=1), gen(prompt=OOM_PROMPT, images=[rgb8(img)], seed=2),
@@ -187,8 +187,8 @@ def test_bad_frames_never_crash_the_engine(server):
 
 def test_cancel_running_and_queued_requests(server):
     async def cancel(c):
-        long = {"v": 1, "id": "long", **gen(prompt="slow", width=256, height=256, steps=50, progress=True)[0]}
-        queued = {"v": 1, "id": "queued", **gen(prompt="queued", width=128, height=64)[0]}
+        long = {"v": 1, "id": "long", **gen(prompt="slow", width=192, height=192, steps=50, progress=True)[0]}
+        queued = {"v": 1, "id": "queued", **gen(prompt="queued", width=64, height=64)[0]}
         await c.send(long)
         first, _ = await c.next("long")
         assert first["op"] == "progress"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run on the GPU box from the repo root, after fetch-wheels.sh carried .whl/ there.
+# bf16: all cases against diffusers; then fp8 case (a) with the per-step denoiser error against bf16.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-python}
+$PY -m pip install -q --no-index --no-deps .whl/*.whl
+$PY -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.get_device_name())"
+OUT=${OUT_DIR:-bench/results}
+$PY bench/engine/bench.py --device cuda --runs "${RUNS:-10}" --warmup "${WARMUP:-3}" --out "$OUT"
+if $PY -c "import torchao" 2>/dev/null; then
+  $PY bench/engine/bench.py --device cuda --precision fp8 --cases a --no-diffusers --fp8-error --tag fp8 --out "$OUT"
+fi
