@@ -12,6 +12,7 @@ import {
   startApi,
   startWorker,
   TestDatabase,
+  waitAllTerminal,
   waitWorkers,
   type ApiProc,
   type Proc,
@@ -70,7 +71,8 @@ describe('cluster: api replicas + BullMQ workers + Postgres', () => {
         return res.body.id as string;
       }),
     );
-    const done = await Promise.all(created.map((id, i) => clients[(i + 1) % 2].waitTerminal(id, 150_000)));
+    await waitAllTerminal(db, created, 420_000);
+    const done = await Promise.all(created.map((id, i) => clients[(i + 1) % 2].get(id)));
     expect(done.map((r) => r.status_code)).toEqual(created.map(() => 'succeeded'));
     for (const run of done.slice(0, 100)) await assertImage(run.output.outputs[0].url, 64, 64);
 
@@ -80,7 +82,7 @@ describe('cluster: api replicas + BullMQ workers + Postgres', () => {
     const won = await wonExecutions(created);
     expect([...won.values()].every((n) => n === 1)).toBe(true);
     expect(won.size).toBe(100);
-  }, 240_000);
+  }, 480_000);
 
   it('(b) kill -9 of a worker holding runs: every run still succeeds, exactly once', async () => {
     const client = new Api(apis[0].url, API_KEY);
@@ -93,13 +95,14 @@ describe('cluster: api replicas + BullMQ workers + Postgres', () => {
       const { rows } = await db.query(`SELECT worker FROM runs WHERE id = ANY($1) AND status IN ('dispatching','running') AND worker IS NOT NULL`, [ids]);
       victim = workers.find((w) => rows.some((r: any) => r.worker === w.id));
       return !!victim;
-    }, 60_000, 'a worker holding a run');
+    }, 90_000, 'a worker holding a run');
     const { rows: held } = await db.query(`SELECT id FROM runs WHERE worker = $1 AND status IN ('dispatching','running')`, [victim!.id]);
     const killedAt = Date.now();
     await victim!.kill9();
     workers = workers.filter((w) => w !== victim);
 
-    const done = await Promise.all(ids.map((id) => client.waitTerminal(id, 120_000)));
+    await waitAllTerminal(db, ids, 150_000);
+    const done = await Promise.all(ids.map((id) => client.get(id)));
     expect(done.map((r) => r.status_code)).toEqual(ids.map(() => 'succeeded'));
     const recoveredIn = Date.now() - killedAt;
     expect(recoveredIn).toBeLessThan(60_000);

@@ -235,3 +235,11 @@ export function outputFilesByRun(storageDir: string): Map<string, string[]> {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until every run is terminal, polling Postgres once per interval (not the api: 100 pollers would load it). */
+export async function waitAllTerminal(db: TestDatabase, ids: string[], timeoutMs: number): Promise<void> {
+  await waitFor(async () => {
+    const { rows } = await db.query(`SELECT COUNT(*)::int AS n FROM runs WHERE id = ANY($1) AND status IN ('succeeded','failed','canceled')`, [ids]);
+    return rows[0].n === ids.length;
+  }, timeoutMs, `${ids.length} runs terminal`);
+}
