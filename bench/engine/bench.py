@@ -241,6 +241,26 @@ def fp8_relative_error(transformer, engine_bf16: Engine, size, device):
     return errs
 
 
+def ablation(model, case, args, device):
+    """What each fast-path piece buys on case (a). Ordered so in-place changes (VAE channels_last) only accumulate."""
+    steps = [
+        ("eager (no fast path)", dict(compile=False, channels_last=False, sdpa_priority=False)),
+        ("+ SDPA backend priority", dict(compile=False, channels_last=False, sdpa_priority=True)),
+        ("+ VAE channels_last", dict(compile=False, channels_last=True, sdpa_priority=True)),
+        ("+ torch.compile (inductor)", dict(compile=True, compile_backend=args.compile_backend, channels_last=True, sdpa_priority=True)),
+    ]
+    out = []
+    for name, kw in steps:
+        if kw["compile"] and device.type != "cuda" and args.compile is not True:
+            continue  # inductor on CPU costs minutes; ask for it with --compile
+        opts = FastPathOptions.for_device("cpu", **kw)
+        eng = Engine(model, EngineOptions(fastpath=opts, prompt_cache_mb=0, ref_cache_mb=0))
+        res = time_engine(eng, case, args.runs, args.warmup, device)
+        out.append({"step": name, **res})
+        print(f"ablation {name}: {res['p50_s']:.3f}s", file=sys.stderr)
+    return out
+
+
 def machine(device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} ({platform.node()})"
@@ -270,6 +290,10 @@ def markdown(report) -> str:
             ub = case["unbatched"]
             lines.append(f"| ({key}) same, unbatched (8 x batch 1) | {ub['p50_s']:.3f} / {ub['p90_s']:.3f} | | "
                          f"batched throughput {ub['p50_s'] / ks['p50_s']:.2f}x | | | {ub.get('peak_gpu_mem_gib', 0):.1f} | |")
+    if report.get("ablation"):
+        lines += ["", "What each fast-path step buys, case (a):", "", "| configuration | p50 (s) | p90 (s) | denoise p50 (ms) |", "|---|---|---|---|"]
+        for row in report["ablation"]:
+            lines.append(f"| {row['step']} | {row['p50_s']:.3f} | {row['p90_s']:.3f} | {row['stage_p50_ms']['denoise_ms']:.1f} |")
     if report.get("fp8_relative_error"):
         lines += ["", "FP8 (torchao, dynamic activations, per-row weights) denoiser relative error vs bf16 per step: "
                   + ", ".join(f"{e:.4f}" for e in report["fp8_relative_error"])]
@@ -289,6 +313,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--compile-backend", default="inductor")
     ap.add_argument("--no-diffusers", action="store_true")
+    ap.add_argument("--ablation", action="store_true", help="also time case (a) with the fast-path pieces added one by one")
     ap.add_argument("--fp8-error", action="store_true", help="also report fp8-vs-bf16 denoiser error per step")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--tag", default="")
@@ -336,6 +361,8 @@ def main(argv=None) -> int:
     if args.fp8_error and device.type == "cuda":
         fp8_errors = fp8_relative_error(transformer, Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu"))), cases["a"]["size"], device)
         report["fp8_relative_error"] = fp8_errors
+    if args.ablation:
+        report["ablation"] = ablation(model, cases["a"], args, device)
     fp.precision = args.precision
     engine = Engine(model, EngineOptions(fastpath=fp, prompt_cache_mb=0, ref_cache_mb=0))
 

@@ -21,24 +21,6 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("KLEINSERVE_DATA") or Path(tempfile.gettempdir()) / "kleinserve-data")
 
 
-def ensure_tiny_model(target: Path) -> Path:
-    """Builds the tiny model once; concurrent engines race safely through an atomic rename."""
-    if (target / "model_index.json").is_file():
-        return target
-    from .tiny import make_tiny_model
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-    make_tiny_model(staging)
-    try:
-        os.rename(staging, target)
-    except OSError:  # another process finished first
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kleinserve_engine", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -58,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the transformer (default on CUDA)")
     s.add_argument("--no-compile", dest="compile", action="store_false")
     s.add_argument("--compile-backend", default="inductor", help="torch.compile backend (inductor; aot_eager for cheap checks)")
+    s.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: inductor's)")
     s.add_argument("--precision", default="bf16", choices=["bf16", "fp8"], help="fp8: torchao float8 on CUDA (experimental)")
     s.add_argument("--warmup", default="auto", help="WxH:REFS,... buckets to warm before ready; 'auto' (CUDA defaults) or 'none'")
     s.add_argument("--data-dir", type=Path, default=None, help="compile caches and the tiny model ($KLEINSERVE_DATA)")
@@ -95,18 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     from .server import ServeConfig, serve
 
     data_dir = args.data_dir or default_data_dir()
-    model, model_id = args.model, None
-    if args.model == "tiny":
-        try:
-            model = str(ensure_tiny_model(args.tiny_dir or data_dir / "tiny-model"))
-        except Exception as exc:
-            return _fail(f"could not build the tiny model: {type(exc).__name__}: {exc}")
-        model_id = "tiny"
     cfg = ServeConfig(
-        model=model, model_id=model_id, listen=args.listen, device=args.device, dtype=args.dtype, max_batch=args.max_batch,
+        model=args.model, tiny_dir=args.tiny_dir or data_dir / "tiny-model", listen=args.listen, device=args.device, dtype=args.dtype, max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms, prompt_cache_mb=args.prompt_cache_mb, ref_cache_mb=args.ref_cache_mb,
         max_ref_pixels=args.max_ref_pixels, max_output_pixels=args.max_output_pixels, compile=args.compile,
-        compile_backend=args.compile_backend, precision=args.precision, warmup=args.warmup, data_dir=data_dir,
+        compile_backend=args.compile_backend, compile_mode=args.compile_mode, precision=args.precision, warmup=args.warmup, data_dir=data_dir,
         oom_prompt=os.environ.get("KLEINSERVE_TEST_OOM_PROMPT"), threads=args.threads,
     )
     try:

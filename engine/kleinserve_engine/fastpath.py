@@ -19,9 +19,10 @@ log = logging.getLogger("kleinserve_engine.fastpath")
 class FastPathOptions:
     compile: bool = False
     compile_backend: str = "inductor"
-    # max-autotune-no-cudagraphs: autotuned matmuls without CUDA graphs, whose static buffers would be
-    # overwritten by the next batch while a previous result is still being decoded.
-    compile_mode: str | None = "max-autotune-no-cudagraphs"
+    # Inductor's default mode. "max-autotune-no-cudagraphs" may buy a few percent on the matmuls but autotunes
+    # every shape bucket at startup (minutes each at 4B); plain CUDA-graph modes are avoided because their static
+    # output buffers would be overwritten by the next batch while a result is still being decoded.
+    compile_mode: str | None = None
     max_compiled_shapes: int = 32
     precision: str = "bf16"
     channels_last: bool = False

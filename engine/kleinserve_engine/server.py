@@ -29,9 +29,9 @@ log = logging.getLogger("kleinserve_engine.server")
 
 @dataclass
 class ServeConfig:
-    model: str
+    model: str  # a directory, a Hugging Face repo id, or "tiny"
     listen: str
-    model_id: str | None = None
+    tiny_dir: Path | None = None
     device: str = "auto"
     dtype: str | None = None
     max_batch: int = 4
@@ -42,6 +42,7 @@ class ServeConfig:
     max_output_pixels: int = 4 * 1024 * 1024
     compile: bool | None = None
     compile_backend: str = "inductor"
+    compile_mode: str | None = None
     precision: str = "bf16"
     warmup: str = "auto"
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("KLEINSERVE_DATA", ".data")))
@@ -141,7 +142,13 @@ class EngineServer:
         from .warmup import DEFAULT_CUDA_BUCKETS, parse_buckets, warm
 
         t0 = time.perf_counter()
-        model = load(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype, model_id=self.cfg.model_id)
+        source = self.cfg.model
+        if source == "tiny":
+            from .tiny import ensure_tiny_model
+
+            # built here, after the socket is bound, through the same loader as real weights
+            source = str(ensure_tiny_model(self.cfg.tiny_dir or self.cfg.data_dir / "tiny-model"))
+        model = load(source, device=self.cfg.device, dtype=self.cfg.dtype, model_id=self.cfg.model)
         self.device, self.dtype = model.device, model.dtype
         if model.device.type == "cpu":
             import torch
@@ -150,7 +157,7 @@ class EngineServer:
             # spinning into a 5-10x slowdown, so the CPU engine runs single-threaded unless told otherwise.
             torch.set_num_threads(self.cfg.threads or 1)
         fp = FastPathOptions.for_device(model.device.type, compile=self.cfg.compile, compile_backend=self.cfg.compile_backend,
-                                        precision=self.cfg.precision)
+                                        compile_mode=self.cfg.compile_mode, precision=self.cfg.precision)
         engine = Engine(model, EngineOptions(prompt_cache_mb=self.cfg.prompt_cache_mb, ref_cache_mb=self.cfg.ref_cache_mb,
                                              fastpath=fp, oom_prompt=self.cfg.oom_prompt), self.metrics)
         spec = self.cfg.warmup
@@ -239,7 +246,7 @@ class EngineServer:
     def health(self, id_) -> dict:
         return {
             "v": 1, "id": id_, "op": "health", "ok": True, "status": self.status,
-            "model": self.cfg.model_id or self.cfg.model,
+            "model": self.cfg.model,
             "device": str(self.device) if self.device is not None else None,
             "dtype": str(self.dtype).replace("torch.", "") if self.dtype is not None else None,
             "queue_depth": self.queue_depth, "in_flight": self.in_flight, "error": self.error, "limits": limits(self.cfg),

@@ -158,3 +158,22 @@ def make_tiny_model(out_dir: str | Path) -> Path:
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
+
+
+def ensure_tiny_model(target: str | Path) -> Path:
+    """Builds the tiny model once; engines starting together race safely through an atomic rename."""
+    import os
+    import shutil
+    import tempfile
+
+    target = Path(target)
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    make_tiny_model(staging)
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

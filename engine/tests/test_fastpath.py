@@ -62,3 +62,19 @@ def test_fp8_is_refused_on_cpu(model):
 
     with pytest.raises(RuntimeError, match="CUDA"):
         Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu", precision="fp8")))
+
+
+def test_cuda_layout_and_attention_options_keep_the_image(model):
+    """channels_last VAE input and the SDPA priority context are CUDA defaults; on CPU they must not change pixels."""
+    from kleinserve_engine.fastpath import FastPathOptions
+    from kleinserve_engine.loading import load
+    from kleinserve_engine.pipeline import Engine, EngineOptions
+
+    fresh = load(str(model.path), device="cpu")  # channels_last converts the VAE in place: keep the shared model as is
+    opts = FastPathOptions.for_device("cpu", channels_last=True, sdpa_priority=True)
+    fast = Engine(fresh, EngineOptions(fastpath=opts))
+    eager = Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu")))
+    job = lambda: make_job([random_image(64, 80, 9)], prompt="layouts", seeds=[5])  # noqa: E731
+    a = eager.run_batch([job()])[0].pixels[0]
+    b = fast.run_batch([job()])[0].pixels[0]
+    assert int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1
