@@ -24,18 +24,23 @@ export class DiskStore implements ObjectStore {
     return path.join(this.root, key);
   }
 
+  /**
+   * Synchronous on purpose: objects here are small (an input reference or an encoded output), and on a
+   * loaded 2-core machine each libuv thread-pool hop of the async version (open, write, close, rename)
+   * costs more waiting than the blocking syscalls themselves.
+   */
   async put(key: string, bytes: Buffer): Promise<void> {
     const file = this.localPath(key);
-    await fsp.mkdir(path.dirname(file), { recursive: true });
+    fs.mkdirSync(path.dirname(file), { recursive: true });
     const tmp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
-    const fh = await fsp.open(tmp, 'w');
+    const fd = fs.openSync(tmp, 'w');
     try {
-      await fh.writeFile(bytes);
-      if (this.durable) await fh.datasync();
+      fs.writeSync(fd, bytes);
+      if (this.durable) fs.fdatasyncSync(fd);
     } finally {
-      await fh.close();
+      fs.closeSync(fd);
     }
-    await fsp.rename(tmp, file);
+    fs.renameSync(tmp, file);
   }
 
   get(key: string): Promise<Buffer> {
