@@ -28,7 +28,8 @@ export const ALIAS_FIELDS = {
   num_images: z.int().min(1).max(4).optional().describe('outputs of this one run (1-4), batched by the engine'),
   aspect_ratio: z
     .string()
-    .regex(/^(match_input_image|\d{1,2}:\d{1,2})$/, 'use match_input_image or W:H such as 16:9')
+    // Sides 1-99: a zero side has no size (property tests found "0:0" passing here and failing as a 500).
+    .regex(/^(match_input_image|[1-9]\d?:[1-9]\d?)$/, 'use match_input_image or W:H (sides 1-99) such as 16:9')
     .optional()
     .describe('Replicate style; ignored when width/height or image_size is given'),
   output_megapixels: z
@@ -73,7 +74,9 @@ export function sizeForAspect(ratio: string, megapixels = 1): { width: number; h
   const [w, h] = ratio.split(':').map(Number);
   if (!(w > 0 && h > 0)) throw new RangeError(`aspect_ratio ${ratio}: both sides must be positive`);
   const area = Math.min(megapixels * 1_000_000, MAX_OUTPUT_PIXELS);
-  let width = round16(Math.sqrt((area * w) / h));
+  // Shrink both sides together to fit 4096, rather than clipping one afterwards, which skewed the ratio.
+  const fit = Math.min(1, 4096 / Math.sqrt((area * w) / h), 4096 / Math.sqrt((area * h) / w));
+  let width = round16(Math.sqrt((area * w) / h) * fit);
   let height = round16((width * h) / w);
   while (width * height > MAX_OUTPUT_PIXELS) { width -= 16; height = round16((width * h) / w); }
   return { width: Math.min(width, 4096), height: Math.min(height, 4096) };
