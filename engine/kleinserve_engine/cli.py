@@ -55,8 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> int:
-    sys.stdout.write(json.dumps({"event": "failed", "code": "MODEL_UNAVAILABLE", "message": message}) + "\n")
-    sys.stdout.flush()
+    sys.__stdout__.write(json.dumps({"event": "failed", "code": "MODEL_UNAVAILABLE", "message": message}) + "\n")
+    sys.__stdout__.flush()
     print(f"kleinserve-engine: {message}", file=sys.stderr)
     return 2
 
@@ -89,5 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(serve(cfg))
     except ModelUnavailable as exc:
         return _fail(str(exc))
+    except (OSError, ValueError) as exc:  # cannot bind --listen: a configuration error, not a crash
+        print(f"kleinserve-engine: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0

@@ -102,8 +102,9 @@ class Denoiser:
 
             # Static shapes: each (batch, sequence length) bucket gets its own specialised graph, compiled once and
             # warmed at startup. Past the limit dynamo runs eager and logs it rather than recompiling forever.
-            torch._dynamo.config.cache_size_limit = opts.max_compiled_shapes
-            torch._dynamo.config.recompile_limit = opts.max_compiled_shapes
+            for knob in ("cache_size_limit", "recompile_limit"):  # the name changed across torch releases
+                if hasattr(torch._dynamo.config, knob):
+                    setattr(torch._dynamo.config, knob, opts.max_compiled_shapes)
             torch._logging.set_logs(recompiles=True)
             self._compiled = torch.compile(self._eager, backend=opts.compile_backend, mode=opts.compile_mode, dynamic=False)
             self._fn = self._compiled

@@ -360,17 +360,19 @@ class EngineServer:
 
 
 async def serve(cfg: ServeConfig) -> int:
+    # stdout carries only the protocol's JSON event lines; anything a library prints goes to stderr
+    events, sys.stdout = sys.stdout, sys.stderr
     server = EngineServer(cfg)
     address = await server.start()
-    sys.stdout.write(json.dumps({"event": "listening", "address": address}) + "\n")
-    sys.stdout.flush()
+    events.write(json.dumps({"event": "listening", "address": address}) + "\n")
+    events.flush()
     exc = await server.load_done
     if exc is not None:
         from .errors import ModelUnavailable
 
         message = str(exc) if isinstance(exc, ModelUnavailable) else f"model could not be loaded: {type(exc).__name__}: {exc}"
-        sys.stdout.write(json.dumps({"event": "failed", "code": "MODEL_UNAVAILABLE", "message": message}) + "\n")
-        sys.stdout.flush()
+        events.write(json.dumps({"event": "failed", "code": "MODEL_UNAVAILABLE", "message": message}) + "\n")
+        events.flush()
         print(f"kleinserve-engine: {message}", file=sys.stderr)
         await server.close()
         return 2
