@@ -18,7 +18,7 @@ OOM_PROMPT = "please run out of memory"
 @pytest.fixture(scope="module")
 def server(tiny_dir, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    eng = EngineProcess(["--model", str(tiny_dir), "--listen", "tcp:127.0.0.1:0", "--batch-window-ms", "80",
+    eng = EngineProcess(["--model", str(tiny_dir), "--listen", "tcp:127.0.0.1:0", "--batch-window-ms", "150",
                          "--max-batch", "4", "--data-dir", str(data)], env={"KLEINSERVE_TEST_OOM_PROMPT": OOM_PROMPT})
     assert eng.wait_ready()["status"] == "ready"
     yield eng
@@ -187,13 +187,13 @@ def test_bad_frames_never_crash_the_engine(server):
 
 def test_cancel_running_and_queued_requests(server):
     async def cancel(c):
-        long = {"v": 1, "id": "long", **gen(prompt="slow", width=192, height=192, steps=50, progress=True)[0]}
+        long = {"v": 1, "id": "long", **gen(prompt="slow", width=320, height=320, steps=50, progress=True)[0]}
         queued = {"v": 1, "id": "queued", **gen(prompt="queued", width=64, height=64)[0]}
         await c.send(long)
         first, _ = await c.next("long")
         assert first["op"] == "progress"
         await c.send(queued)
-        await asyncio.sleep(0.3)  # past the batch window: queued is waiting for the worker
+        await asyncio.sleep(0.25)  # past the batch window: queued is waiting for the worker
         ack_q, _, _ = await c.call({"op": "cancel", "target": "queued"})
         ack_l, _, _ = await c.call({"op": "cancel", "target": "long"})
         ack_unknown, _, _ = await c.call({"op": "cancel", "target": "never-sent"})
