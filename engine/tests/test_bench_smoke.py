@@ -32,3 +32,27 @@ def test_time_to_ready_runs_in_tiny_cpu_mode(tmp_path):
         assert report[run]["status"] == "ready"
         # the socket is bound well before the model is ready: health can answer "loading" meanwhile
         assert report[run]["listening_s"] < report[run]["ready_s"]
+
+
+def test_full_size_configs_match_the_published_model():
+    """Built on the meta device (no memory): the GPU run must not be the first to notice a config typo."""
+    import torch
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    with torch.device("meta"):
+        transformer = Flux2Transformer2DModel(**bench.KLEIN_4B_TRANSFORMER)
+        text = Qwen3ForCausalLM(Qwen3Config(**bench.QWEN3_4B))
+        vae = AutoencoderKLFlux2()
+    n_dit = sum(p.numel() for p in transformer.parameters())
+    n_text = sum(p.numel() for p in text.parameters())
+    n_vae = sum(p.numel() for p in vae.parameters())
+    assert 3.8e9 < n_dit < 3.95e9, n_dit  # ~3.88B
+    assert 3.9e9 < n_text < 4.1e9, n_text  # Qwen3-4B, tied embeddings
+    assert 7e7 < n_vae < 1e8, n_vae  # ~84M
+    # shared/docs/flux2-klein.md: a 1024^2 edit with one reference is ~363 TFLOP over 4 steps, text-to-image ~169
+    assert abs(bench.denoise_flops(transformer, 1024, 1) / 1e12 - 363) < 10
+    assert abs(bench.denoise_flops(transformer, 1024, 0) / 1e12 - 169) < 10
