@@ -7,21 +7,26 @@ import time
 
 log = logging.getLogger("kleinserve_engine.warmup")
 
-# 1024^2 edits with 1-4 references, 1024^2 text-to-image, 512^2 edit: the shapes issue 4 asks to be warm.
-DEFAULT_CUDA_BUCKETS = "1024x1024:1,1024x1024:2,1024x1024:3,1024x1024:4,1024x1024:0,512x512:1"
+# 1024^2 edits with 1-4 references, 1024^2 text-to-image, 512^2 edit alone and as a batch of 4: the shapes
+# issue 4 asks to be warm (a compiled graph is specialised to its batch size too).
+DEFAULT_CUDA_BUCKETS = "1024x1024:1,1024x1024:2,1024x1024:3,1024x1024:4,1024x1024:0,512x512:1,512x512:1*4"
 
 
-def parse_buckets(spec: str) -> list[tuple[int, int, int]]:
-    """'WxH:N,...' -> [(width, height, references)]; 'none' or '' -> []."""
+def parse_buckets(spec: str) -> list[tuple[int, int, int, int]]:
+    """'WxH:N[*B],...' -> [(width, height, references, batch)]; 'none' or '' -> []."""
     if not spec or spec == "none":
         return []
     out = []
     for part in spec.split(","):
-        size, _, refs = part.strip().partition(":")
+        size, _, rest = part.strip().partition(":")
+        refs, _, batch = rest.partition("*")
         w, _, h = size.partition("x")
-        bucket = (int(w), int(h), int(refs or 0))
-        if bucket[0] % 16 or bucket[1] % 16 or not 0 <= bucket[2] <= 4:
-            raise ValueError(f"bad warm-up bucket {part!r}: want WxH:N with multiples of 16 and N in 0..4")
+        try:
+            bucket = (int(w), int(h), int(refs or 0), int(batch or 1))
+        except ValueError:
+            bucket = (1, 1, -1, 0)
+        if bucket[0] % 16 or bucket[1] % 16 or not 0 <= bucket[2] <= 4 or bucket[3] < 1:
+            raise ValueError(f"bad warm-up bucket {part!r}: want WxH:N[*B], multiples of 16, N in 0..4, B >= 1")
         out.append(bucket)
     return out
 
@@ -34,14 +39,15 @@ def warm(engine, buckets: list[tuple[int, int, int]], steps: int = 4) -> float:
     from .preprocess import Reference
 
     t0 = time.perf_counter()
-    for w, h, n in buckets:
+    for w, h, n, batch in buckets:
         refs = [Reference(Image.new("RGB", (w, h), (127, 127, 127)), f"warmup-{w}x{h}-{i}") for i in range(n)]
         for _ in range(2):
-            job = Job(prompt="warm-up", refs=refs, seeds=[0], width=w, height=h, steps=steps, output_format="jpeg")
-            res = engine.run_batch([job])[0]
-            if isinstance(res, Exception):
-                raise RuntimeError(f"warm-up of {w}x{h} with {n} references failed: {res}")
-        log.info("warmed %dx%d with %d references (%.1fs so far)", w, h, n, time.perf_counter() - t0)
+            jobs = [Job(prompt="warm-up", refs=refs, seeds=[k], width=w, height=h, steps=steps, output_format="jpeg")
+                    for k in range(batch)]
+            for res in engine.run_batch(jobs):
+                if isinstance(res, Exception):
+                    raise RuntimeError(f"warm-up of {w}x{h} with {n} references, batch {batch} failed: {res}")
+        log.info("warmed %dx%d with %d references, batch %d (%.1fs so far)", w, h, n, batch, time.perf_counter() - t0)
     # warm-up entries must not crowd real prompts and references out of the caches
     engine.prompt_cache.clear()
     engine.ref_cache.clear()

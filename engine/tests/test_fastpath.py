@@ -49,10 +49,12 @@ def test_warmup_buckets_parse_and_run(engine):
     from kleinserve_engine.warmup import DEFAULT_CUDA_BUCKETS, parse_buckets, warm
 
     assert parse_buckets("none") == []
-    assert (1024, 1024, 4) in parse_buckets(DEFAULT_CUDA_BUCKETS) and (1024, 1024, 0) in parse_buckets(DEFAULT_CUDA_BUCKETS)
-    with pytest.raises(ValueError):
-        parse_buckets("100x64:1")
-    assert warm(engine, parse_buckets("64x64:1,64x64:0")) > 0
+    defaults = parse_buckets(DEFAULT_CUDA_BUCKETS)
+    assert (1024, 1024, 4, 1) in defaults and (1024, 1024, 0, 1) in defaults and (512, 512, 1, 4) in defaults
+    for bad in ("100x64:1", "64x64:5", "64x64:1*0", "64x64:x"):
+        with pytest.raises(ValueError):
+            parse_buckets(bad)
+    assert warm(engine, parse_buckets("64x64:1,64x64:0*2")) > 0
     assert len(engine.prompt_cache) == 0  # warm-up leaves no entries behind
 
 
