@@ -278,6 +278,32 @@ describe('defects schemathesis found (regressions)', () => {
   });
 });
 
+describe('hostile fields (issue 7 item 2, beyond images)', () => {
+  it('refuses a 100 kB prompt, an empty prompt, out-of-range seed and steps, and a fifth image, naming each field', async () => {
+    const a = api('k_misc');
+    const cases: [Record<string, unknown>, string][] = [
+      [{ prompt: 'x'.repeat(100_000) }, 'input.prompt'],
+      [{ prompt: '' }, 'input.prompt'],
+      [{ seed: -1 }, 'input.seed'],
+      [{ seed: 2 ** 60 }, 'input.seed'],
+      [{ seed: 1.5 }, 'input.seed'],
+      [{ steps: 0 }, 'input.steps'],
+      [{ steps: 51 }, 'input.steps'],
+      [{ image_urls: [good, good, good, good, good] }, 'input.image_urls'],
+      [{ image_urls: [] }, 'input.image_urls'],
+    ];
+    for (const [patch, field] of cases) {
+      const t = performance.now();
+      const res = await a.create({ input: { prompt: 'p', image_urls: [good], steps: 1, ...patch } });
+      const label = `${JSON.stringify(patch).slice(0, 60)} -> ${JSON.stringify(res.body).slice(0, 200)}`;
+      expect(res.status, label).toBe(422);
+      expect(res.body.errors.map((e: { field: string }) => e.field), label).toContain(field);
+      expect(performance.now() - t, label).toBeLessThan(2000);
+    }
+    expect((await server.health()).ok).toBe(true);
+  });
+});
+
 describe('browser and log hygiene (issue 7 item 8)', () => {
   it('serves the playground with a strict Content-Security-Policy and nosniff on API answers', async () => {
     const page = await fetch(`${server.url}/`);
