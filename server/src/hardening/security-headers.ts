@@ -1,6 +1,6 @@
 // Browser-facing hardening on every response: no MIME sniffing, no referrer leaking output URLs, and for
-// HTML (the playground) a strict Content-Security-Policy: only this origin's scripts, styles and API,
-// images from here or data:/blob: (uploads, sync_mode outputs), no plugins, no framing.
+// HTML (the playground) a strict Content-Security-Policy: only this origin's scripts, styles and API, no
+// inline code, no plugins, no framing; images from anywhere (see img-src).
 import fp from 'fastify-plugin';
 import type { FastifyInstance } from 'fastify';
 
@@ -8,7 +8,9 @@ export const PLAYGROUND_CSP = [
   "default-src 'none'",
   "script-src 'self'",
   "style-src 'self'",
-  "img-src 'self' data: blob:",
+  // Images cannot run code; previews of image URLs the user adds, and outputs served from another origin
+  // (PUBLIC_BASE_URL behind a CDN, presigned S3 URLs in cluster mode), must still show.
+  "img-src 'self' data: blob: https: http:",
   "connect-src 'self'",
   "font-src 'self'",
   "manifest-src 'self'",
