@@ -3,7 +3,7 @@
 // killed with -9 at random (and restarted) and one api replica is killed once. Counts lost and doubled
 // runs from Postgres (runs, run_executions) and from the output store (files per run), not from clients.
 //
-//   node bench/cluster/soak.mjs [--runs 300] [--out bench/results/cluster-soak]
+//   node bench/cluster/soak.mjs [--runs 300] [--kill-every-ms 4000] [--submit-every-ms 150] [--out bench/results/cluster-soak]
 //
 // Needs: redis-server on PATH, Postgres on 127.0.0.1:5432 (trust, user postgres), .venv with the engine.
 import { spawn } from 'node:child_process';
@@ -22,7 +22,9 @@ const { values } = parseArgs({
   options: {
     runs: { type: 'string', default: '300' },
     out: { type: 'string', default: path.join(ROOT, 'bench/results/cluster-soak') },
-    'kill-every-ms': { type: 'string', default: '12000' },
+    'kill-every-ms': { type: 'string', default: '4000' },
+    /** Pause between submissions, so the chaos lands while runs are in flight rather than after. */
+    'submit-every-ms': { type: 'string', default: '150' },
   },
 });
 const N = Number(values.runs);
@@ -109,16 +111,26 @@ async function main() {
   const png = await sharp({ create: { width: 64, height: 64, channels: 3, background: { r: 90, g: 140, b: 200 } } }).png().toBuffer();
   const image = `data:image/png;base64,${png.toString('base64')}`;
   const refs = Array.from({ length: N }, (_, i) => `soak-${i}`);
-  const kills = { workers: 0, apis: 0 };
+  const kills = { workers: 0, apis: 0, freezes: 0 };
   const clientErrors = [];
 
-  // Chaos: kill -9 a random worker every few seconds and start a fresh one; kill one api once, mid-way.
+  // Chaos: every few seconds, kill -9 a random worker and start a fresh one, or (every third event) freeze
+  // one with SIGSTOP past its lease and thaw it, so its engine result arrives late and must lose. Kill one
+  // api once, mid-way through submission.
   let chaos = true;
   const chaosLoop = (async () => {
-    while (chaos) {
+    for (let n = 1; chaos; n++) {
       await sleep(Number(values['kill-every-ms']) * (0.5 + Math.random()));
       if (!chaos) break;
       const i = Math.floor(Math.random() * workers.length);
+      if (n % 3 === 0) {
+        workers[i].proc.kill('SIGSTOP');
+        kills.freezes++;
+        log(`freeze worker ${workers[i].msg.id} past its lease`);
+        await sleep(Number(ENV.KLEINSERVE_LEASE_MS) + 3000);
+        workers[i].proc.kill('SIGCONT');
+        continue;
+      }
       kill9(workers[i]);
       kills.workers++;
       log(`kill -9 worker ${workers[i].msg.id}`);
@@ -157,7 +169,7 @@ async function main() {
       log('kill -9 api replica 0');
     }
     ids.push(submit(i));
-    await sleep(50);
+    await sleep(Number(values['submit-every-ms']));
   }
   const created = await Promise.all(ids);
   log(`submitted ${created.filter(Boolean).length}/${N} in ${Math.round((Date.now() - started) / 1000)} s`);
@@ -190,6 +202,7 @@ async function main() {
     not_succeeded: runs.filter((r) => r.status !== 'succeeded').map((r) => ({ id: r.id, status: r.status, failure_code: r.failure_code })),
     duplicate_runs_per_client_ref: [...byRef.values()].filter((n) => n > 1).length,
     completed_twice: execs.filter((e) => e.won > 1).length,
+    // Engine results that reached the completion write more than once (a frozen worker thawing late).
     re_executed_after_kill: execs.filter((e) => e.n > 1).length,
     late_results_rejected: execs.reduce((n, e) => n + (e.n - e.won), 0),
     succeeded_without_output_file: succeeded.filter((r) => !(files.get(r.id)?.length === r.output.images.length && r.output.images.every((img) => fs.existsSync(path.join(storageDir, img.key))))).length,
@@ -197,10 +210,11 @@ async function main() {
     succeeded_runs_without_execution_record: succeeded.filter((r) => !wonBy.get(r.id)?.won).length,
     runs_taken_over: runs.filter((r) => r.attempts > 0).length,
     worker_kills: kills.workers,
+    worker_freezes_past_lease: kills.freezes,
     api_kills: kills.apis,
     client_errors_retried: clientErrors.length,
     elapsed_s: elapsedS,
-    command: `node bench/cluster/soak.mjs --runs ${N}`,
+    command: `node bench/cluster/soak.mjs --runs ${N} --kill-every-ms ${values['kill-every-ms']} --submit-every-ms ${values['submit-every-ms']}`,
     machine: `${os.cpus().length} cores, load average at end ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`,
     at: new Date().toISOString(),
   };
@@ -210,7 +224,7 @@ async function main() {
     `${values.out}.md`,
     `# Cluster soak (issue 5, scenario e)\n\n\`${result.command}\` — ${result.at}, ${result.machine}\n\n` +
       `2 api replicas, 3 workers (concurrency 2, tiny model, 64 px, 1 step), one region; a random worker killed with -9 ` +
-      `(and replaced) every ~${values['kill-every-ms']} ms, api replica 0 killed with -9 half-way through submission.\n\n` +
+      `(and replaced), or every third time frozen with SIGSTOP past its lease and thawed, every ~${values['kill-every-ms']} ms; api replica 0 killed with -9 half-way through submission.\n\n` +
       '| count | value |\n|---|---|\n' +
       Object.entries(result).filter(([k]) => !['command', 'machine', 'at', 'not_succeeded'].includes(k)).map(([k, v]) => `| ${k} | ${v} |`).join('\n') +
       '\n\nCounted from Postgres (`runs`, `run_executions`) and the output directory, not from client answers.\n',

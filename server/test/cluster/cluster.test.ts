@@ -1,5 +1,7 @@
 // Issue 5 scenarios (a), (b), (d) on one real cluster: Postgres, one region Redis, two `kleinserve api`
 // replicas, three `kleinserve worker`s each driving its own Python engine on the tiny model.
+import fs from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Api, tmpDir, waitFor } from '../helpers/server.ts';
 import { dataUri, testImage } from '../helpers/images.ts';
@@ -119,6 +121,40 @@ describe('cluster: api replicas + BullMQ workers + Postgres', () => {
     expect(ids.every((id) => files.get(id)?.length === 1)).toBe(true);
     for (const run of done) await assertImage(run.output.outputs[0].url, 64, 64);
   }, 180_000);
+
+  it('a worker restarts its crashed engine and the runs it held still succeed', async () => {
+    const client = new Api(apis[1].url, API_KEY);
+    const w = workers[0];
+    const enginePid = () => Number(fs.readFileSync(path.join(w.dataDir, `engine-${w.pid}.pid`), 'utf8'));
+    const before = enginePid();
+    const ids = await Promise.all(Array.from({ length: 8 }, async (_, i) => (await client.create(body(3000 + i))).body.id as string));
+    await waitFor(async () => {
+      const { rowCount } = await db.query(`SELECT 1 FROM runs WHERE worker = $1 AND status = 'running'`, [w.id]);
+      return (rowCount ?? 0) > 0;
+    }, 60_000, 'the worker running a run');
+    process.kill(before, 'SIGKILL');
+    await waitAllTerminal(db, ids, 120_000);
+    const done = await Promise.all(ids.map((id) => client.get(id)));
+    expect(done.map((r) => r.status_code)).toEqual(ids.map(() => 'succeeded'));
+    await waitFor(() => enginePid() !== before, 30_000, 'a new engine');
+    expect(w.proc.exitCode).toBeNull();
+  }, 180_000);
+
+  it('a run whose workers keep dying ends as failed with WORKER_LOST once its attempts are spent', async () => {
+    for (const w of workers) w.proc.kill('SIGSTOP');
+    let id: string;
+    try {
+      id = (await new Api(apis[1].url, API_KEY).create(body(4000))).body.id;
+      // As if three workers had died holding it: the next claim is over the bound (KLEINSERVE_MAX_ATTEMPTS=3).
+      await db.query('UPDATE runs SET attempts = 3 WHERE id = $1', [id]);
+    } finally {
+      for (const w of workers) w.proc.kill('SIGCONT');
+    }
+    await waitAllTerminal(db, [id], 60_000);
+    const run = await new Api(apis[1].url, API_KEY).get(id);
+    expect(run.status_code).toBe('failed');
+    expect(run.error?.code ?? run.failure_code ?? JSON.stringify(run)).toMatch(/WORKER_LOST/);
+  }, 120_000);
 
   it('(d) an api replica killed under held Prefer: wait requests: clients retry on the other and get their runs', async () => {
     // Hold the runs: freeze the workers so the requests are still waiting when the replica dies.
