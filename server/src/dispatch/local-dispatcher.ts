@@ -94,7 +94,7 @@ export class LocalDispatcher {
       const ac = new AbortController();
       this.active.set(run.id, ac);
       this.process(run, ac)
-        .catch((err) => this.deps.logger.error({ err, run_id: run.id }, 'run processing failed unexpectedly'))
+        .catch((err) => this.failUnexpectedly(run, err))
         .finally(() => {
           this.active.delete(run.id);
           this.decodedCache.delete(run.id);
@@ -162,7 +162,17 @@ export class LocalDispatcher {
     metrics?.stage.observe({ stage: 'engine' }, timing.engine_rtt_ms / 1000);
 
     t = performance.now();
-    const stored = await this.storeOutputs(running, result);
+    if (result.images.length === 0 || result.images.some((img) => !img.bytes?.length)) {
+      await lifecycle.fail(running, 'ENGINE_ERROR', 'the engine answered without image data', 'inference');
+      return;
+    }
+    let stored: StoredOutputImage[];
+    try {
+      stored = await this.storeOutputs(running, result);
+    } catch (err) {
+      await lifecycle.fail(running, 'STORAGE_FAILED', `could not store the output: ${(err as Error).message}`, 'postprocess');
+      return;
+    }
     const engineTimings = Object.fromEntries(
       Object.entries(result.timings).map(([k, v]) => [k === 'queue_ms' ? 'engine_queue_ms' : k === 'total_ms' ? 'engine_total_ms' : k, v]),
     );
@@ -178,6 +188,14 @@ export class LocalDispatcher {
       return;
     }
     log.info({ timing: done.output?.timing }, 'run succeeded');
+  }
+
+  /** Anything unforeseen (a lost input file, a full disk) ends the run as failed rather than stranding it. */
+  private async failUnexpectedly(run: RunRecord, err: unknown): Promise<void> {
+    this.deps.logger.error({ err, run_id: run.id }, 'run processing failed unexpectedly');
+    const latest = (await this.deps.lifecycle.store.get(run.id).catch(() => null)) ?? run;
+    const message = `internal error: ${(err as Error)?.message ?? String(err)}`;
+    await this.deps.lifecycle.fail(latest, 'INTERNAL', message, 'dispatch').catch(() => {});
   }
 
   private async storeOutputs(run: RunRecord, result: GenerateResult): Promise<StoredOutputImage[]> {

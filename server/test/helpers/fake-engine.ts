@@ -74,6 +74,9 @@ export class FakeEngine {
     const height = (h.height as number | null) ?? ref.height ?? 64;
     const fmt = h.output_format as 'jpeg' | 'png' | 'webp';
     const img = await sharp({ create: { width, height, channels: 3, background: { r: 200, g: 30, b: 90 } } }).toFormat(fmt).toBuffer();
+    if (mode === undefined && h.prompt === 'no image data') {
+      return send({ id, op: 'result', ok: true, images: [{ width, height, content_type: 'image/jpeg' }], seeds: [1], timings: {} });
+    }
     void blobs;
     send({ id, op: 'result', ok: true, images: [{ width, height, content_type: `image/${fmt}` }], seeds: [h.seed ?? 7],
       timings: { queue_ms: 0.1, text_encode_ms: 1, vae_encode_ms: 1, denoise_ms: steps * 5, decode_ms: 1, image_encode_ms: 1, total_ms: steps * 5 + 4 },

@@ -103,6 +103,11 @@ describe('embedded role against a fake engine', () => {
     expect(body).toMatchObject({ status_code: 'failed', failure_code: 'OUT_OF_MEMORY', failure_stage_code: 'inference' });
   });
 
+  it('fails (never strands) a run whose engine answer carries no image data', async () => {
+    const { body } = await post({ input: { prompt: 'no image data', image_urls: [dataUri(await testImage())] } }, { prefer: 'wait=10' });
+    expect(body).toMatchObject({ status_code: 'failed', failure_code: 'ENGINE_ERROR', failure_stage_code: 'inference' });
+  });
+
   it('cancels a running run (201) and then reports 200', async () => {
     const { body } = await post({ input: { prompt: 'slow cancel me', image_urls: [dataUri(await testImage())], steps: 50 } });
     await new Promise((r) => setTimeout(r, 60));
