@@ -46,7 +46,7 @@ export async function intakeEditRun(deps: IntakeDeps, modelId: string, body: Cre
   const errors: FieldError[] = [];
   const images: (StoredImage | null)[] = [];
   const decoded = new Map<number, DecodedImage>();
-  const inline: { key: string; bytes: Buffer }[] = [];
+  const inline: { key: string; stored: Promise<void> }[] = [];
   const opts = decodeOptions(deps.limits(), deps.maxInputPixels);
 
   await Promise.all(
@@ -58,10 +58,12 @@ export async function intakeEditRun(deps: IntakeDeps, modelId: string, body: Cre
           await checkUrlAllowed(src.url, field, deps.allowlist);
           images[i] = { kind: 'url', url: src.url.toString() };
         } else {
-          const img = await decodeImage(src.bytes, field, opts);
-          decoded.set(i, img);
+          // Decode (sharp's thread pool) and persist the bytes at the same time; a refusal deletes them below.
+          const decoding = decodeImage(src.bytes, field, opts);
           const key = `inputs/${id}/${i}`;
-          inline.push({ key, bytes: src.bytes });
+          inline.push({ key, stored: deps.objects.put(key, src.bytes) });
+          const img = await decoding;
+          decoded.set(i, img);
           images[i] = { kind: 'inline', key, bytes: src.bytes.length, mime: src.mime ?? `image/${img.format}` };
         }
       } catch (err) {
@@ -79,11 +81,15 @@ export async function intakeEditRun(deps: IntakeDeps, modelId: string, body: Cre
       errors.push({ field: 'callback_url', reason: err.reason });
     }
   }
-  if (errors.length) throw validationError(errors.sort((a, b) => a.field.localeCompare(b.field)));
   if (params.steps > deps.limits().max_steps) {
-    throw validationError([{ field: 'input.steps', reason: `must be at most ${deps.limits().max_steps}` }]);
+    errors.push({ field: 'input.steps', reason: `must be at most ${deps.limits().max_steps}` });
   }
-  await Promise.all(inline.map((o) => deps.objects.put(o.key, o.bytes)));
+  if (errors.length) {
+    await Promise.allSettled(inline.map((o) => o.stored));
+    await Promise.allSettled(inline.map((o) => deps.objects.delete(o.key)));
+    throw validationError(errors.sort((a, b) => a.field.localeCompare(b.field)));
+  }
+  await Promise.all(inline.map((o) => o.stored));
 
   const run: RunRecord = {
     id,

@@ -14,6 +14,11 @@ import { dataUri, testImage } from '../helpers/images.ts';
 const KEY = 'test_key_1';
 let node: Awaited<ReturnType<typeof createEmbedded>>;
 let base: string;
+let dataDir: string;
+const inputFiles = () => {
+  const root = path.join(dataDir, 'objects/inputs');
+  return fs.existsSync(root) ? fs.readdirSync(root, { recursive: true }).filter((f) => /\/\d+$/.test(String(f))).length : 0;
+};
 let fake: FakeEngine;
 let crashOnce = new Set<string>();
 const logLines: any[] = [];
@@ -29,7 +34,7 @@ async function post(body: unknown, headers: Record<string, string> = {}) {
 }
 
 beforeAll(async () => {
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ks-unit-'));
+  dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ks-unit-'));
   fake = new FakeEngine({
     stepMs: 5,
     behaviour: (h) => {
@@ -127,9 +132,15 @@ describe('embedded role against a fake engine', () => {
     expect(r1.status).toBe(422);
     expect(r1.body.code).toBe('INPUT_VALIDATION_FAILED');
     expect(r1.body.errors.map((e: any) => e.field).sort()).toEqual(['input.bogus', 'input.colour']);
+    const before = inputFiles();
+    expect(before).toBeGreaterThan(0);
     const r2 = await post({ input: { prompt: 'x', image_urls: [dataUri(await testImage()), 'not base64 at all!'] } });
     expect(r2.status).toBe(422);
     expect(r2.body.errors[0].field).toBe('input.image_urls[1]');
+    const r4 = await post({ input: { prompt: 'x', image_urls: [dataUri(await testImage()), dataUri(Buffer.from('GIF89a not really'), 'image/gif')] } });
+    expect(r4.status).toBe(422);
+    expect(r4.body.errors.map((e: any) => e.field)).toEqual(['input.image_urls[1]']);
+    expect(inputFiles()).toBe(before); // the accepted first image of a refused request is not kept
     const r3 = await post({ input: { prompt: 'x', image_urls: [dataUri(await testImage())], steps: 0, width: 512 } });
     expect(r3.body.errors.map((e: any) => e.field).sort()).toEqual(['input.height', 'input.steps']);
   });
