@@ -200,7 +200,7 @@ export class PostgresStore implements RunStore, DeliveryStore {
          attempts = attempts + CASE WHEN status = 'queued' THEN 0 ELSE 1 END,
          status = 'dispatching', started_at = NULL, lease_token = $4, lease_until = $5, worker = $3
        WHERE id = $1 AND region = $2
-         AND (status = 'queued' OR (status IN ('dispatching','running') AND lease_until < $6))
+         AND (status = 'queued' OR (status IN ('dispatching','running') AND COALESCE(lease_until, 0) < $6))
        RETURNING *`,
       [id, region, worker, token, now + leaseMs, now],
     );
@@ -248,7 +248,7 @@ export class PostgresStore implements RunStore, DeliveryStore {
               attempts = attempts + CASE WHEN status = 'queued' THEN 0 ELSE 1 END, status = 'queued'
         WHERE id IN (
           SELECT id FROM runs WHERE region IS NOT DISTINCT FROM $1
-             AND (status = 'queued' OR (status IN ('dispatching','running') AND lease_until < $4))
+             AND (status = 'queued' OR (status IN ('dispatching','running') AND COALESCE(lease_until, 0) < $4))
            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
         RETURNING id`,
       [from, to, limit, Date.now()],
@@ -260,7 +260,7 @@ export class PostgresStore implements RunStore, DeliveryStore {
   async staleRuns(region: string, queuedBefore: number, limit: number): Promise<string[]> {
     const { rows } = await this.pool.query(
       `SELECT id FROM runs WHERE region = $1 AND (
-          (status = 'queued' AND queued_at < $2) OR (status IN ('dispatching','running') AND lease_until < $3))
+          (status = 'queued' AND queued_at < $2) OR (status IN ('dispatching','running') AND COALESCE(lease_until, 0) < $3))
         ORDER BY id LIMIT $4`,
       [region, queuedBefore, Date.now(), limit],
     );

@@ -2,6 +2,7 @@
 // is completed once, moves and claims cannot both win, migrations are idempotent.
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PgIdempotencyStore } from '../../src/cluster/hardening.ts';
 import { PostgresStore } from '../../src/runs/postgres-store.ts';
 import type { RunRecord } from '../../src/runs/types.ts';
 import { TestDatabase } from './harness.ts';
@@ -97,5 +98,23 @@ describe('PostgresStore', () => {
     await new Promise((r) => setTimeout(r, 300));
     expect(seen.filter((id) => id === run.id).length).toBe(2);
     await listener.close();
+  });
+
+  it('idempotency: two replicas (pools) racing on one key, exactly one reserves it; the other sees the bound run', async () => {
+    const other = await PostgresStore.open(db.url);
+    const [a, b] = [new PgIdempotencyStore(store.pool), new PgIdempotencyStore(other.pool)];
+    for (let i = 0; i < 10; i++) {
+      const key = `k-${i}-${randomUUID()}`;
+      const now = Date.now();
+      const results = await Promise.all(
+        Array.from({ length: 8 }, (_, j) => (j % 2 ? a : b).reserve('scope', key, now, 60_000, 5_000)),
+      );
+      expect(results.filter((r) => r.won).length).toBe(1);
+      await a.bind('scope', key, `run-${i}`);
+      expect(await b.reserve('scope', key, now + 1, 60_000, 5_000)).toEqual({ won: false, runId: `run-${i}` });
+      // Out of its window the key is free again.
+      expect((await b.reserve('scope', key, now + 60_001, 60_000, 5_000)).won).toBe(true);
+    }
+    await other.close();
   });
 });
