@@ -156,6 +156,44 @@ describe('cluster: api replicas + BullMQ workers + Postgres', () => {
     expect(run.error?.code ?? run.failure_code ?? JSON.stringify(run)).toMatch(/WORKER_LOST/);
   }, 120_000);
 
+  it('backpressure: a full cluster answers 429 RATE_LIMITED with Retry-After, or parks runs within the global bound', async () => {
+    const reject = await startApi({ db, regions: [['main', redis]], storage, env: { ...API_ENV, KLEINSERVE_RETRY_AFTER_S: '3' }, args: ['--queue-limit', '1'] });
+    const queue = await startApi({
+      db, regions: [['main', redis]], storage, env: { ...API_ENV, KLEINSERVE_GLOBAL_QUEUE_LIMIT: '40' }, args: ['--queue-limit', '1', '--backpressure', 'queue'],
+    });
+    await Promise.all([waitWorkers(reject, 'main', workers.length), waitWorkers(queue, 'main', workers.length)]);
+    for (const w of workers) w.proc.kill('SIGSTOP'); // nothing drains: every queue only grows
+    const accepted: string[] = [];
+    let refused: any;
+    try {
+      const rc = new Api(reject.url, API_KEY);
+      for (let i = 0; i < 30 && !refused; i++) {
+        const res = await rc.create(body(5000 + i));
+        if (res.status === 200) accepted.push(res.body.id);
+        else refused = res;
+      }
+      expect(refused?.status).toBe(429);
+      expect(refused.body.code).toBe('RATE_LIMITED');
+      expect(refused.headers.get('retry-after')).toBe('3');
+      // Slots of the live workers plus the queue limit, give or take the runs placed between two refreshes.
+      expect(accepted.length).toBeGreaterThan(0);
+      expect(accepted.length).toBeLessThanOrEqual(2 * workers.length + 2);
+
+      // "queue" mode takes the run anyway (unplaced) while the cluster holds fewer than the global bound.
+      await sleep(1200);
+      const parked = await new Api(queue.url, API_KEY).create(body(5100));
+      expect(parked.status).toBe(200);
+      expect((await db.query('SELECT region FROM runs WHERE id = $1', [parked.body.id])).rows[0].region).toBeNull();
+      accepted.push(parked.body.id);
+    } finally {
+      for (const w of workers) w.proc.kill('SIGCONT');
+    }
+    await waitAllTerminal(db, accepted, 120_000);
+    const { rows } = await db.query(`SELECT status, region FROM runs WHERE id = ANY($1)`, [accepted]);
+    expect(rows.every((r: any) => r.status === 'succeeded' && r.region === 'main')).toBe(true);
+    await Promise.all([reject.stop(), queue.stop()]);
+  }, 180_000);
+
   it('(d) an api replica killed under held Prefer: wait requests: clients retry on the other and get their runs', async () => {
     // Hold the runs: freeze the workers so the requests are still waiting when the replica dies.
     for (const w of workers) w.proc.kill('SIGSTOP');

@@ -179,13 +179,19 @@ export interface ApiProc extends Proc {
   url: string;
 }
 
-export async function startApi(opts: { db: TestDatabase; regions: RedisServer[] | [string, RedisServer][]; storage: string; env?: Record<string, string> }): Promise<ApiProc> {
+export async function startApi(opts: {
+  db: TestDatabase;
+  regions: RedisServer[] | [string, RedisServer][];
+  storage: string;
+  env?: Record<string, string>;
+  args?: string[];
+}): Promise<ApiProc> {
   const regionArgs = (opts.regions as (RedisServer | [string, RedisServer])[]).flatMap((r, i) => {
     const [name, redis] = Array.isArray(r) ? r : [`r${i}`, r];
     return ['--region', `${name}=${redis.url}`];
   });
   const p = await launch(
-    ['api', '--port', '0', '--database-url', opts.db.url, '--storage', opts.storage, '--api-key', API_KEY, ...regionArgs],
+    ['api', '--port', '0', '--database-url', opts.db.url, '--storage', opts.storage, '--api-key', API_KEY, ...regionArgs, ...(opts.args ?? [])],
     opts.env ?? {},
     (m) => m.event === 'listening',
     'api',
