@@ -5,8 +5,8 @@ import { parseRegion, parseRegionSpecs, type RegionSpec } from '../cluster/regio
 const ms = (def: number) => z.coerce.number().int().positive().default(def);
 
 export const ClusterSchema = z.object({
-  databaseUrl: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL'),
-  storage: z.string().min(1),
+  databaseUrl: z.string({ error: 'required' }).regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL'),
+  storage: z.string({ error: 'required (file:DIR or s3://BUCKET[/PREFIX])' }).min(1),
   /** Worker lease and BullMQ lockDuration: a killed worker's run is taken over after about this long. */
   leaseMs: ms(15_000),
   stalledIntervalMs: ms(5_000),
