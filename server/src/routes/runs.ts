@@ -77,7 +77,8 @@ const runRoutes: FastifyPluginAsyncZod<RunRoutesOptions> = async (app, opts) => 
     const wait = sync ? opts.waitCapSeconds : parsePreferWait(req.headers.prefer, opts.waitCapSeconds);
     if (wait === null) return toRunObject(run, opts.baseUrl());
     const closed = new AbortController();
-    req.raw.once('close', () => closed.abort());
+    // The response's 'close' (not the request's, which fires once the body is read) means the client left.
+    reply.raw.once('close', () => closed.abort());
     const current = await waitForTerminal(store, bus, run, wait, closed.signal);
     reply.header('preference-applied', `wait=${wait}`);
     return sync ? inlineOutputs(toRunObject(current, opts.baseUrl()), current, opts.objects) : toRunObject(current, opts.baseUrl());
