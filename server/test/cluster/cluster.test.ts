@@ -232,4 +232,21 @@ describe('cluster: api replicas + BullMQ workers + Postgres', () => {
     expect(rows.map((r: any) => r.n)).toEqual(refs.map(() => 1));
     for (const r of results) await assertImage(r.run.output.outputs[0].url, 64, 64);
   }, 120_000);
+
+  it('a worker stopped with SIGTERM finishes or hands back what it holds; every run succeeds without using an attempt', async () => {
+    const client = new Api(apis[apis.length - 1].url, API_KEY);
+    const ids = await Promise.all(Array.from({ length: 12 }, async (_, i) => (await client.create(body(6000 + i))).body.id as string));
+    const w = workers[0];
+    await waitFor(async () => {
+      const { rowCount } = await db.query(`SELECT 1 FROM runs WHERE worker = $1 AND status IN ('dispatching','running') AND id = ANY($2)`, [w.id, ids]);
+      return (rowCount ?? 0) > 0;
+    }, 60_000, 'the worker holding a run');
+    await w.stop();
+    expect(w.proc.exitCode).toBe(0);
+    workers = workers.filter((x) => x !== w);
+    await waitAllTerminal(db, ids, 120_000);
+    const { rows } = await db.query('SELECT status, attempts FROM runs WHERE id = ANY($1)', [ids]);
+    expect(rows.every((r: any) => r.status === 'succeeded' && r.attempts === 0)).toBe(true);
+    expect([...(await wonExecutions(ids)).values()].every((n) => n === 1)).toBe(true);
+  }, 180_000);
 });
