@@ -2,6 +2,7 @@
 // engine on the tiny model. A "slow origin" on an allow-listed address holds URL images until a test lets
 // them go, which keeps runs in flight deterministically (no sleeps racing the engine).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -229,14 +230,27 @@ describe('HTTP limits', () => {
     expect((await server.health()).ok).toBe(true);
   });
 
-  it('answers a body over the limit with 413 in the contract error shape', async () => {
-    const res = await fetch(`${server.url}/v1/models/black-forest-labs/flux-2-klein-4b/edit/runs`, {
-      method: 'POST',
-      headers: { authorization: 'Bearer k_misc', 'content-type': 'application/json' },
-      body: JSON.stringify(body({}, ['x'.repeat(90 * 1024 * 1024)])),
+  it('answers a body over the limit with 413 in the contract error shape, before reading it', async () => {
+    // Declares 90 MiB but sends a few bytes: the server must refuse from Content-Length alone (a client that
+    // really streams 90 MiB would only see its upload cut, which fetch reports as a network error).
+    const { status, body } = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = http.request(`${server.url}/v1/models/black-forest-labs/flux-2-klein-4b/edit/runs`, {
+        method: 'POST',
+        headers: { authorization: 'Bearer k_misc', 'content-type': 'application/json', 'content-length': String(90 * 1024 * 1024) },
+      });
+      req.on('response', (res) => {
+        let b = '';
+        res.on('data', (d) => (b += d));
+        res.on('end', () => {
+          req.destroy();
+          resolve({ status: res.statusCode!, body: b });
+        });
+      });
+      req.on('error', reject);
+      req.write('{"input":');
     });
-    expect(res.status).toBe(413);
-    expect((await res.json()).code).toBeTruthy();
+    expect(status).toBe(413);
+    expect(JSON.parse(body).code).toBeTruthy();
   });
 });
 
