@@ -49,7 +49,7 @@ beforeAll(async () => {
   api = new Api(srv.url, key);
 });
 afterAll(async () => {
-  await srv?.stop();
+  await srv?.dispose();
 });
 
 describe('auth, secure by default', () => {
@@ -139,7 +139,7 @@ describe('an unloadable model', () => {
       expect(create.status).toBe(503);
       expect(create.body.code).toBe('MODEL_UNAVAILABLE');
     } finally {
-      await bad.stop();
+      await bad.dispose();
     }
   });
 });

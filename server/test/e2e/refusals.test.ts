@@ -64,7 +64,7 @@ beforeAll(async () => {
   api = new Api(srv.url, KEY);
 });
 afterAll(async () => {
-  await srv?.stop();
+  await srv?.dispose();
   origin?.close();
   canary?.close();
 });

@@ -45,7 +45,7 @@ beforeAll(async () => {
   api = new Api(srv.url, KEY);
 });
 afterAll(async () => {
-  await srv?.stop();
+  await srv?.dispose();
   await host?.close();
   await hooks?.close();
 });

@@ -18,6 +18,8 @@ export interface ServerHandle {
   stdout: string[];
   stderr: string[];
   stop(): Promise<void>;
+  /** stop(), then remove the data directory (tests must not leave data behind in /tmp). */
+  dispose(): Promise<void>;
   kill9(): Promise<void>;
   health(): Promise<any>;
 }
@@ -77,6 +79,10 @@ export async function startServer(opts: StartOptions = {}): Promise<ServerHandle
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       await exited;
+    },
+    async dispose() {
+      await handle.stop();
+      fs.rmSync(dataDir, { recursive: true, force: true });
     },
     async kill9() {
       proc.kill('SIGKILL');

@@ -54,7 +54,11 @@ beforeAll(async () => {
   node = await createEmbedded(cfg, { engine: new FakeEngineAdapter(fake), logger: pino({ level: 'info' }, sink) });
   base = (await node.start()).url;
 });
-afterAll(() => node?.stop());
+afterAll(async () => {
+  await node?.stop();
+  fs.rmSync(dataDir, { recursive: true, force: true });
+  fs.rmSync(path.dirname(fake.socketPath), { recursive: true, force: true });
+});
 
 describe('embedded role against a fake engine', () => {
   it('runs an edit with Prefer: wait and serves the output', async () => {
