@@ -11,6 +11,7 @@ import { ClusterEngineView } from '../cluster/engine-view.ts';
 import { createClusterHardening } from '../cluster/hardening.ts';
 import { ClusterMetrics } from '../cluster/metrics.ts';
 import { Placement } from '../cluster/placement.ts';
+import { relayProgress } from '../cluster/progress.ts';
 import { RegionMonitor } from '../cluster/region-monitor.ts';
 import type { RegionSpec } from '../cluster/regions.ts';
 import { producerConnection, withTimeout } from '../cluster/redis.ts';
@@ -116,7 +117,9 @@ export async function createApi(cfg: Config, cluster: ClusterConfig, regions: Re
     hardening,
   });
 
+  let relays: { disconnect(): void }[] = [];
   const start = async () => {
+    relays = regions.map((r) => relayProgress(r.redisUrl, bus));
     await store.listen(
       (id) => void store.get(id).then((run) => run && bus.publish({ type: 'status', run })).catch(() => {}),
       (err) => log.warn({ err }, 'postgres listener dropped; reconnecting'),
@@ -138,6 +141,7 @@ export async function createApi(cfg: Config, cluster: ClusterConfig, regions: Re
     deliverer.stop();
     await Promise.race([app.close(), new Promise((r) => setTimeout(r, 2000))]);
     await hardening.close();
+    for (const r of relays) r.disconnect();
     await monitor.close();
     await store.close();
   };

@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { HeartbeatWriter } from '../cluster/heartbeat.ts';
+import { publishProgress } from '../cluster/progress.ts';
 import { workerConnection } from '../cluster/redis.ts';
 import type { RegionSpec } from '../cluster/regions.ts';
 import type { Config } from '../config.ts';
@@ -66,7 +67,9 @@ export async function runWorker(cfg: Config, cluster: ClusterConfig, region: Reg
       },
     },
   });
-  const heartbeat = new HeartbeatWriter(workerConnection(region.redisUrl), cluster.heartbeatMs, cluster.heartbeatTtlMs, () => ({
+  const beatRedis = workerConnection(region.redisUrl);
+  publishProgress(worker.bus, beatRedis);
+  const heartbeat = new HeartbeatWriter(beatRedis, cluster.heartbeatMs, cluster.heartbeatTtlMs, () => ({
     id,
     region: region.name,
     pid: process.pid,

@@ -104,4 +104,19 @@ describe('regions: failover and recovery', () => {
     const back = await regionOf(after.map((r) => r.id));
     expect(after.map((r) => back.get(r.id).region)).toEqual(['a', 'a']);
   }, 420_000);
+
+  it('relays engine step progress from the worker to SSE on the api', async () => {
+    const res = await client.create({ input: { prompt: 'progress', image_urls: [image], steps: 2, seed: 7 } });
+    const sse = await fetch(`${api.url}/v1/runs/${res.body.id}/events`, { headers: { authorization: `Bearer ${API_KEY}`, accept: 'text/event-stream' } });
+    expect(sse.status).toBe(200);
+    let text = '';
+    const decoder = new TextDecoder();
+    for await (const chunk of sse.body as unknown as AsyncIterable<Uint8Array>) {
+      text += decoder.decode(chunk, { stream: true });
+      if (text.includes('event: run')) break;
+    }
+    const steps = [...text.matchAll(/event: progress\ndata: (.*)\n/g)].map((m) => JSON.parse(m[1]));
+    expect(steps.map((p) => [p.step, p.steps])).toContainEqual([2, 2]);
+    expect(steps.every((p) => p.run_id === res.body.id)).toBe(true);
+  }, 120_000);
 });
