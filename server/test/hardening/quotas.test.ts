@@ -79,8 +79,11 @@ describe('RedisRateLimiter (real redis-server)', () => {
   beforeAll(async () => {
     dir = tmpDir('ks-redis-');
     const sock = path.join(dir, 'redis.sock');
+    let spawnError: Error | null = null;
     proc = spawn('redis-server', ['--port', '0', '--unixsocket', sock, '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
-    for (let i = 0; i < 100 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+    proc.on('error', (err) => (spawnError = err));
+    for (let i = 0; i < 100 && !fs.existsSync(sock) && !spawnError; i++) await new Promise((r) => setTimeout(r, 50));
+    if (spawnError || !fs.existsSync(sock)) throw new Error(`redis-server did not start (is it installed? apt-get install redis-server): ${spawnError ?? 'no socket'}`);
     redis = new Redis({ path: sock });
   });
   afterAll(async () => {
