@@ -4,9 +4,12 @@
 // terminal rows counted).
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { dataUri, testImage } from '../helpers/images.ts';
 import { Api, startServer, tmpDir, waitFor, type ServerHandle } from '../helpers/server.ts';
+
+// Real engine on 2 shared cores: runs can take tens of seconds when other suites load the machine.
+vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
 
 const ENV = { KLEINSERVE_ENGINE_DEADLINE_MS: '8000', KLEINSERVE_CONCURRENCY: '2' };
 let dataDir: string;

@@ -3,9 +3,12 @@
 // that fail an already-queued run at the preprocess stage. Real server, real engine.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { dataUri, testImage } from '../helpers/images.ts';
 import { Api, startServer, type ServerHandle } from '../helpers/server.ts';
+
+// Real engine on 2 shared cores: runs can take tens of seconds when other suites load the machine.
+vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
 
 const KEY = 'refusals_key';
 /** Allow-listed stand-in for the public internet; 127.0.0.1 stays forbidden. */

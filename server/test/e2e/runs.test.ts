@@ -4,10 +4,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Validator } from '@seriousme/openapi-schema-validator';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { dataUri, testImage } from '../helpers/images.ts';
 import { callbackReceiver, imageHost } from '../helpers/receivers.ts';
 import { Api, startServer, waitFor, type ServerHandle } from '../helpers/server.ts';
+
+// Real engine on 2 shared cores: runs can take tens of seconds when other suites load the machine.
+vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
 
 const KEY = 'e2e_runs_key';
 const SECRET = 'callback_secret_for_tests';
