@@ -3,6 +3,7 @@
 // a `Prefer: wait` hold, or the server would cut its own held requests.
 import type { FastifyServerOptions } from 'fastify';
 import type { HardeningConfig } from './config.ts';
+import { redactingChildLogger } from './log-redaction.ts';
 
 export function httpLimitOptions(cfg: HardeningConfig, waitCapSeconds: number): Partial<FastifyServerOptions> {
   return {
@@ -16,5 +17,7 @@ export function httpLimitOptions(cfg: HardeningConfig, waitCapSeconds: number): 
     // Long path parameters reach the route's own validation (a 422 naming the field) instead of a bare 414;
     // the header size limit still bounds the whole URL.
     routerOptions: { maxParamLength: 4096 },
+    // Not a limit, but a server option too: request lines are logged with output tokens masked.
+    childLoggerFactory: redactingChildLogger,
   } as Partial<FastifyServerOptions>;
 }

@@ -340,6 +340,8 @@ describe('browser and log hygiene (issue 7 item 8)', () => {
     expect(logs.length).toBeGreaterThan(1000); // the server did log: debug lines for every request above
     for (const key of KEYS) expect(logs, key).not.toContain(key);
     expect(logs).not.toContain('base64,');
+    expect(logs).toContain('/v1/outputs/'); // output downloads were logged...
+    expect(logs).not.toMatch(/\/v1\/outputs\/[^/"]+\/[0-9a-f]{32}/); // ...with their capability token masked
     expect(logs).not.toContain(good.slice(40, 100)); // a stretch of the image's base64
     expect(logs).not.toContain(png.toString('base64').slice(40, 100));
   });
