@@ -46,6 +46,11 @@ function pick(healthy: RegionState[], extra: Map<string, number>, opts: Placemen
 export class Placement {
   private readonly pending = new Map<string, { region: string | null; at: number }>();
   private extra = new Map<string, number>();
+  /**
+   * Unfinished runs cluster-wide, as of the last sweep plus what this replica admitted since. Other replicas'
+   * admissions show up at the next sweep, so N replicas can overshoot the global bound by what they admit
+   * within one sweep interval.
+   */
   unfinished = 0;
 
   constructor(
@@ -65,6 +70,7 @@ export class Placement {
     const region = chooseRegion(this.states(), this.extra, this.opts, true);
     if (region) {
       this.extra.set(region, (this.extra.get(region) ?? 0) + 1);
+      this.unfinished++;
     } else if (this.opts.backpressure !== 'queue' || this.unfinished >= this.opts.globalQueueLimit) {
       throw new ApiError(
         429,

@@ -159,9 +159,11 @@ describe('cluster: api replicas + BullMQ workers + Postgres', () => {
   it('backpressure: a full cluster answers 429 RATE_LIMITED with Retry-After, or parks runs within the global bound', async () => {
     const reject = await startApi({ db, regions: [['main', redis]], storage, env: { ...API_ENV, KLEINSERVE_RETRY_AFTER_S: '3' }, args: ['--queue-limit', '1'] });
     const queue = await startApi({
-      db, regions: [['main', redis]], storage, env: { ...API_ENV, KLEINSERVE_GLOBAL_QUEUE_LIMIT: '40' }, args: ['--queue-limit', '1', '--backpressure', 'queue'],
+      db, regions: [['main', redis]], storage, env: { ...API_ENV, KLEINSERVE_GLOBAL_QUEUE_LIMIT: '12' }, args: ['--queue-limit', '1', '--backpressure', 'queue'],
     });
-    await Promise.all([waitWorkers(reject, 'main', workers.length), waitWorkers(queue, 'main', workers.length)]);
+    // Exactly the live workers: a heartbeat of the worker killed in (b) must have expired (20 s TTL here).
+    const live = async (a: ApiProc) => ((await (await fetch(`${a.url}/v1/health`)).json()) as any).engine.regions[0].workers === workers.length;
+    await waitFor(async () => (await live(reject)) && (await live(queue)), 60_000, 'only live workers counted');
     for (const w of workers) w.proc.kill('SIGSTOP'); // nothing drains: every queue only grows
     const accepted: string[] = [];
     let refused: any;
@@ -179,12 +181,26 @@ describe('cluster: api replicas + BullMQ workers + Postgres', () => {
       expect(accepted.length).toBeGreaterThan(0);
       expect(accepted.length).toBeLessThanOrEqual(2 * workers.length + 2);
 
-      // "queue" mode takes the run anyway (unplaced) while the cluster holds fewer than the global bound.
+      // "queue" mode takes runs anyway, unplaced, while the cluster holds fewer unfinished runs than the global
+      // bound (12 here), then refuses too. (One sweep later, so this replica's count includes the runs above.)
       await sleep(1200);
-      const parked = await new Api(queue.url, API_KEY).create(body(5100));
-      expect(parked.status).toBe(200);
-      expect((await db.query('SELECT region FROM runs WHERE id = $1', [parked.body.id])).rows[0].region).toBeNull();
-      accepted.push(parked.body.id);
+      const qc = new Api(queue.url, API_KEY);
+      const parked: string[] = [];
+      let queueRefused: any;
+      for (let i = 0; i < 30 && !queueRefused; i++) {
+        const res = await qc.create(body(5100 + i));
+        if (res.status !== 200) {
+          queueRefused = res;
+          break;
+        }
+        accepted.push(res.body.id);
+        if ((await db.query('SELECT region FROM runs WHERE id = $1', [res.body.id])).rows[0].region === null) parked.push(res.body.id);
+      }
+      expect(parked.length).toBeGreaterThan(0);
+      expect(queueRefused?.status).toBe(429);
+      expect(queueRefused.body.code).toBe('RATE_LIMITED');
+      const { rows: open } = await db.query(`SELECT COUNT(*)::int AS n FROM runs WHERE status IN ('queued','dispatching','running')`);
+      expect(open[0].n).toBeLessThanOrEqual(12);
     } finally {
       for (const w of workers) w.proc.kill('SIGCONT');
     }
