@@ -76,7 +76,7 @@ function launch(args, readyEvent) {
 function kill9(p) {
   p.proc.kill('SIGKILL');
   try {
-    process.kill(Number(fs.readFileSync(path.join(p.dataDir, `engine-${p.proc.pid}.pid`), 'utf8')), 'SIGKILL');
+    process.kill(Number(fs.readFileSync(path.join(p.dataDir, 'engine.pid'), 'utf8')), 'SIGKILL');
   } catch {}
 }
 

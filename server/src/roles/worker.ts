@@ -32,8 +32,10 @@ export async function runWorker(cfg: Config, cluster: ClusterConfig, region: Reg
   const engine = new EngineSupervisor({
     python: cfg.python,
     model: cfg.model,
-    socketPath: path.join(cfg.dataDir, `engine-${process.pid}.sock`),
-    pidFile: path.join(cfg.dataDir, `engine-${process.pid}.pid`),
+    // Fixed names in the worker's own data dir: a worker restarted after kill -9 finds and reaps the engine
+    // its previous life left running (holding GPU memory). One data dir per worker.
+    socketPath: path.join(cfg.dataDir, 'engine.sock'),
+    pidFile: path.join(cfg.dataDir, 'engine.pid'),
     logger: logger.child({ part: 'engine' }),
     idleDeadlineMs: cfg.engineIdleDeadlineMs,
     startupTimeoutMs: cfg.engineStartupTimeoutMs,

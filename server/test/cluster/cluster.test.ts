@@ -125,7 +125,7 @@ describe('cluster: api replicas + BullMQ workers + Postgres', () => {
   it('a worker restarts its crashed engine and the runs it held still succeed', async () => {
     const client = new Api(apis[1].url, API_KEY);
     const w = workers[0];
-    const enginePid = () => Number(fs.readFileSync(path.join(w.dataDir, `engine-${w.pid}.pid`), 'utf8'));
+    const enginePid = () => Number(fs.readFileSync(path.join(w.dataDir, 'engine.pid'), 'utf8'));
     const before = enginePid();
     const ids = await Promise.all(Array.from({ length: 8 }, async (_, i) => (await client.create(body(3000 + i))).body.id as string));
     await waitFor(async () => {

@@ -151,14 +151,14 @@ function launch(args: string[], env: Record<string, string>, ready: (msg: any) =
         async kill9() {
           proc.kill('SIGKILL');
           await done;
-          killEngineOf(dataDir, proc.pid!);
+          killEngineOf(dataDir);
         },
         async stop() {
           if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
           const t = setTimeout(() => proc.kill('SIGKILL'), 10_000);
           await done;
           clearTimeout(t);
-          killEngineOf(dataDir, proc.pid!);
+          killEngineOf(dataDir);
         },
       });
     });
@@ -166,9 +166,9 @@ function launch(args: string[], env: Record<string, string>, ready: (msg: any) =
 }
 
 /** A worker killed with -9 leaves its engine child behind (as a crashed host would not); tests reap it. */
-function killEngineOf(dataDir: string, workerPid: number): void {
+function killEngineOf(dataDir: string): void {
   try {
-    const pid = Number(fs.readFileSync(path.join(dataDir, `engine-${workerPid}.pid`), 'utf8'));
+    const pid = Number(fs.readFileSync(path.join(dataDir, 'engine.pid'), 'utf8'));
     if (pid > 1) process.kill(pid, 'SIGKILL');
   } catch {
     // no engine or already gone
