@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tiny-dir", type=Path, default=None, help="where --model tiny is built (default DATA_DIR/tiny-model)")
     s.add_argument("--threads", type=int, default=int(os.environ.get("KLEINSERVE_TORCH_THREADS", "0")),
                    help="CPU intra-op threads (default 1 on CPU: the tiny model gains little and shared cores lose a lot)")
+    s.add_argument("--exit-with-stdin", action="store_true", help="exit when stdin closes (set by a supervising parent)")
     s.add_argument("--log-level", default=os.environ.get("KLEINSERVE_LOG_LEVEL", "INFO"))
 
     t = sub.add_parser("make-tiny-model", help="write a random-weight tiny klein in diffusers layout")
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         max_ref_pixels=args.max_ref_pixels, max_output_pixels=args.max_output_pixels, compile=args.compile,
         compile_backend=args.compile_backend, compile_mode=args.compile_mode, precision=args.precision, warmup=args.warmup, data_dir=data_dir,
         oom_prompt=os.environ.get("KLEINSERVE_TEST_OOM_PROMPT"), threads=args.threads,
+        exit_with_stdin=args.exit_with_stdin,
     )
     try:
         return asyncio.run(serve(cfg))

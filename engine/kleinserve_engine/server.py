@@ -48,6 +48,7 @@ class ServeConfig:
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("KLEINSERVE_DATA", ".data")))
     oom_prompt: str | None = None
     threads: int = 0  # CPU intra-op threads; 0 = 1 on CPU (see cli.py), torch's default on CUDA
+    exit_with_stdin: bool = False  # exit when stdin reaches EOF: the supervising parent died
 
 
 class _Pending:
@@ -366,7 +367,14 @@ async def serve(cfg: ServeConfig) -> int:
     address = await server.start()
     events.write(json.dumps({"event": "listening", "address": address}) + "\n")
     events.flush()
-    exc = await server.load_done
+    stop = asyncio.Event()
+    if cfg.exit_with_stdin:
+        _stop_on_stdin_eof(server.loop, stop)
+    await asyncio.wait([server.load_done, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        await server.close()
+        return 0
+    exc = server.load_done.result()
     if exc is not None:
         from .errors import ModelUnavailable
 
@@ -376,7 +384,6 @@ async def serve(cfg: ServeConfig) -> int:
         print(f"kleinserve-engine: {message}", file=sys.stderr)
         await server.close()
         return 2
-    stop = asyncio.Event()
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -387,3 +394,16 @@ async def serve(cfg: ServeConfig) -> int:
     await stop.wait()
     await server.close()
     return 0
+
+
+def _stop_on_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """The supervisor holds our stdin open and never writes to it. EOF means it is gone, even by kill -9, and an
+    engine without its control plane only holds GPU memory that the next engine will need."""
+    fd = sys.stdin.fileno()
+
+    def on_readable() -> None:
+        if not os.read(fd, 4096):
+            loop.remove_reader(fd)
+            stop.set()
+
+    loop.add_reader(fd, on_readable)

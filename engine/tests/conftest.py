@@ -61,8 +61,8 @@ def make_job(refs=(), prompt="a red fox in snow", seeds=(7,), size=None, **kw):
 class EngineProcess:
     """The engine as the control plane runs it: `python -m kleinserve_engine serve` in a subprocess."""
 
-    def __init__(self, args, env=None, cwd=None):
-        self.proc = subprocess.Popen([PY, "-m", "kleinserve_engine", "serve", *args], stdout=subprocess.PIPE,
+    def __init__(self, args, env=None, cwd=None, stdin=None):
+        self.proc = subprocess.Popen([PY, "-m", "kleinserve_engine", "serve", *args], stdout=subprocess.PIPE, stdin=stdin,
                                      stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, cwd=cwd)
         line = self.proc.stdout.readline()
         self.listening = json.loads(line)

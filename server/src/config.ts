@@ -11,7 +11,8 @@ export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url
 const intFrom = (def: number) => z.coerce.number().int().nonnegative().default(def);
 
 export const ConfigSchema = z.object({
-  model: z.string().min(1).default('tiny'),
+  // The real model by default; `--model tiny` is an explicit choice, since its output is noise.
+  model: z.string().min(1).default('black-forest-labs/FLUX.2-klein-4B'),
   host: z.string().default('127.0.0.1'),
   port: z.coerce.number().int().min(0).max(65535).default(8080),
   dataDir: z.string().min(1),

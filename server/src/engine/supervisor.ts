@@ -183,7 +183,8 @@ export class EngineSupervisor extends EventEmitter implements Engine {
     const { python, model, socketPath, logger } = this.opts;
     fs.rmSync(socketPath, { force: true });
     this.setState('starting');
-    const args = ['-m', 'kleinserve_engine', 'serve', '--model', model, '--listen', `unix:${socketPath}`, ...(this.opts.extraArgs ?? [])];
+    // --exit-with-stdin: the engine watches the stdin pipe we hold, so it dies with us even on kill -9.
+    const args = ['-m', 'kleinserve_engine', 'serve', '--model', model, '--listen', `unix:${socketPath}`, '--exit-with-stdin', ...(this.opts.extraArgs ?? [])];
     logger.info({ python, args }, 'starting engine');
     const child = spawn(python, args, {
       stdio: ['pipe', 'pipe', 'inherit'],

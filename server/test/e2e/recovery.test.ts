@@ -111,11 +111,11 @@ describe('crashes lose nothing and double nothing', () => {
     await waitFor(async () => (await api.get(ids[0])).status_code === 'running', 60_000, 'a run running');
     const oldEngine = (await srv.health()).engine.pid;
     await srv.kill9();
+    // The engine sees its stdin pipe close and exits by itself: no orphan holds the GPU until the next start.
+    await waitFor(() => !alive(oldEngine), 15_000, 'orphaned engine gone');
     srv = await startServer({ dataDir, env: ENV });
     expect(srv.generatedKey).toBeNull();
     api = new Api(srv.url, key);
-    // The new server ends the engine its killed predecessor left behind (it holds the same socket path).
-    await waitFor(() => !alive(oldEngine), 10_000, 'orphaned engine gone');
     await expectExactlyOnce(ids);
   });
 
