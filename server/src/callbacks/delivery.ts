@@ -2,8 +2,8 @@
 // apart from the dispatcher, so a slow or failing receiver never delays a run; restarts resume pending rows.
 import { createHmac } from 'node:crypto';
 import type { Logger } from 'pino';
-import { request } from 'undici';
-import { checkUrlAllowed, type FetchAllowlist } from '../images/index.ts';
+import { request, type Agent } from 'undici';
+import { guardedAgent, type FetchAllowlist } from '../images/index.ts';
 import type { Delivery, DeliveryStore } from '../runs/store.ts';
 
 export interface DeliveryOptions {
@@ -74,10 +74,14 @@ export class CallbackDeliverer {
   private async deliver(d: Delivery): Promise<void> {
     const log = this.opts.logger.child({ run_id: d.run_id, delivery_id: d.id });
     let error: string | null = null;
+    let dispatcher: Agent | undefined;
     try {
       const url = new URL(d.url);
-      await checkUrlAllowed(url, 'callback_url', this.opts.allowlist);
+      // Pinned to the checked address: checking the name and then connecting by name would let a
+      // rebinding DNS answer turn a callback into a request to a private address.
+      dispatcher = await guardedAgent(url, 'callback_url', this.opts.allowlist);
       const res = await request(url, {
+        dispatcher,
         method: 'POST',
         body: d.body,
         headers: {
@@ -94,6 +98,8 @@ export class CallbackDeliverer {
       if (res.statusCode < 200 || res.statusCode >= 300) error = `receiver answered HTTP ${res.statusCode}`;
     } catch (err) {
       error = (err as Error).message;
+    } finally {
+      dispatcher?.destroy().catch(() => {});
     }
     const failures = d.attempts + 1;
     if (!error) {
