@@ -55,17 +55,20 @@ export async function main(argv: string[]): Promise<void> {
 
 export class UsageError extends Error {}
 
+/** Flags every role that runs an engine or serves the API shares. */
+const ROLE_OPTIONS = {
+  model: { type: 'string' },
+  port: { type: 'string' },
+  host: { type: 'string' },
+  data: { type: 'string' },
+  'api-key': { type: 'string', multiple: true },
+  concurrency: { type: 'string' },
+} as const;
+
 async function serveCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: {
-      model: { type: 'string' },
-      port: { type: 'string' },
-      host: { type: 'string' },
-      data: { type: 'string' },
-      'api-key': { type: 'string', multiple: true },
-      concurrency: { type: 'string' },
-    },
+    options: ROLE_OPTIONS,
   });
   const cfg = loadConfig(values);
   const { serve } = await import('./serve.ts');
@@ -77,12 +80,7 @@ async function clusterCommand(command: 'api' | 'worker', args: string[]): Promis
   const { values } = parseArgs({
     args,
     options: {
-      model: { type: 'string' },
-      port: { type: 'string' },
-      host: { type: 'string' },
-      data: { type: 'string' },
-      'api-key': { type: 'string', multiple: true },
-      concurrency: { type: 'string' },
+      ...ROLE_OPTIONS,
       'database-url': { type: 'string' },
       region: { type: 'string', multiple: true },
       redis: { type: 'string' },

@@ -7,7 +7,7 @@ import { loadKeys } from './auth/keys.ts';
 import { CallbackDeliverer } from './callbacks/delivery.ts';
 import { callbackSecret, type Config } from './config.ts';
 import { LocalDispatcher } from './dispatch/local-dispatcher.ts';
-import { EngineSupervisor, type Engine } from './engine/supervisor.ts';
+import { localEngine, type Engine } from './engine/supervisor.ts';
 import { parseAllowlist } from './images/index.ts';
 import { Metrics } from './plugins/metrics.ts';
 import { RunEventBus } from './runs/events.ts';
@@ -62,16 +62,7 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
     if (ev.type === 'status' && ev.run.callback_url && isTerminal(ev.run.status)) deliverer.kick();
   });
 
-  const engine = opts.engine ?? new EngineSupervisor({
-    python: cfg.python,
-    model: cfg.model,
-    socketPath: path.join(cfg.dataDir, 'engine.sock'),
-    pidFile: path.join(cfg.dataDir, 'engine.pid'),
-    logger: logger.child({ part: 'engine' }),
-    idleDeadlineMs: cfg.engineIdleDeadlineMs,
-    startupTimeoutMs: cfg.engineStartupTimeoutMs,
-    extraArgs: ['--data-dir', cfg.dataDir],
-  });
+  const engine = opts.engine ?? localEngine(cfg, logger.child({ part: 'engine' }));
   const metrics = new Metrics(store, engine, bus);
   const limits = () => engine.limits;
   const dispatcher = new LocalDispatcher({

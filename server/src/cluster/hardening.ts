@@ -2,18 +2,12 @@
 // same AppHardening shape the embedded role builds over SQLite (hardening/index.ts).
 import type { Redis } from 'ioredis';
 import type pg from 'pg';
-import type { Logger } from 'pino';
-import type { HardeningConfig } from '../hardening/config.ts';
-import { quotaOf, type AppHardening } from '../hardening/index.ts';
-import { httpLimitOptions } from '../hardening/http-limits.ts';
+import { assembleHardening, quotaOf, type AppHardening, type HardeningDeps } from '../hardening/index.ts';
 import type { IdempotencyStore, Reservation } from '../idempotency/store.ts';
 import { MemoryRateLimiter } from '../limits/memory-rate-limiter.ts';
 import { RedisRateLimiter } from '../limits/redis-rate-limiter.ts';
 import type { RetentionStore } from '../retention/store.ts';
-import { RetentionSweeper } from '../retention/sweeper.ts';
-import type { RunEventBus } from '../runs/events.ts';
 import { TERMINAL, type RunRecord, type RunStatus } from '../runs/types.ts';
-import type { ObjectStore } from '../storage/object-store.ts';
 
 const TERMINAL_LIST = [...TERMINAL];
 
@@ -107,37 +101,20 @@ export class PgRetentionStore implements RetentionStore {
   }
 }
 
-export function createClusterHardening(deps: {
-  cfg: HardeningConfig;
-  pool: pg.Pool;
-  /** Shared quota counters; without it each replica enforces the quota on its own (N replicas => N x quota). */
-  quotaRedis: Redis | null;
-  objects: ObjectStore;
-  bus: RunEventBus;
-  logger: Logger;
-  waitCapSeconds: number;
-}): AppHardening {
-  const { cfg } = deps;
-  const idempotency = new PgIdempotencyStore(deps.pool);
-  const retention = new RetentionSweeper({
-    store: new PgRetentionStore(deps.pool),
-    objects: deps.objects,
-    idempotency,
-    bus: deps.bus,
-    logger: deps.logger.child({ part: 'retention' }),
-    outputTtlMs: cfg.outputTtlMs,
-    recordTtlMs: cfg.recordTtlMs,
-    idempotencyWindowMs: cfg.idempotencyWindowMs,
-    intervalMs: cfg.sweepIntervalMs,
-  });
-  return {
-    limiter: deps.quotaRedis ? new RedisRateLimiter(deps.quotaRedis, quotaOf(cfg)) : new MemoryRateLimiter(quotaOf(cfg)),
-    idempotency: { store: idempotency, windowMs: cfg.idempotencyWindowMs },
-    retention,
-    http: httpLimitOptions(cfg, deps.waitCapSeconds),
-    async close() {
-      await retention.stop();
+export function createClusterHardening(
+  deps: HardeningDeps & {
+    pool: pg.Pool;
+    /** Shared quota counters; without it each replica enforces the quota on its own (N replicas => N x quota). */
+    quotaRedis: Redis | null;
+  },
+): AppHardening {
+  const quota = quotaOf(deps.cfg);
+  return assembleHardening(deps, {
+    idempotency: new PgIdempotencyStore(deps.pool),
+    retentionStore: new PgRetentionStore(deps.pool),
+    limiter: deps.quotaRedis ? new RedisRateLimiter(deps.quotaRedis, quota) : new MemoryRateLimiter(quota),
+    close: () => {
       deps.quotaRedis?.disconnect();
     },
-  };
+  });
 }

@@ -3,6 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
+import path from 'node:path';
 import readline from 'node:readline';
 import type { Logger } from 'pino';
 import {
@@ -37,6 +38,26 @@ export interface SupervisorOptions {
   idleDeadlineMs: number;
   startupTimeoutMs: number;
   extraArgs?: string[];
+}
+
+/**
+ * The engine a `serve` process or a worker runs next to itself. Fixed names in the data dir: a process restarted
+ * after kill -9 finds and reaps the engine its previous life left behind (holding GPU memory). One data dir each.
+ */
+export function localEngine(
+  cfg: { python: string; model: string; dataDir: string; engineIdleDeadlineMs: number; engineStartupTimeoutMs: number },
+  logger: Logger,
+): EngineSupervisor {
+  return new EngineSupervisor({
+    python: cfg.python,
+    model: cfg.model,
+    socketPath: path.join(cfg.dataDir, 'engine.sock'),
+    pidFile: path.join(cfg.dataDir, 'engine.pid'),
+    logger,
+    idleDeadlineMs: cfg.engineIdleDeadlineMs,
+    startupTimeoutMs: cfg.engineStartupTimeoutMs,
+    extraArgs: ['--data-dir', cfg.dataDir],
+  });
 }
 
 /** What the dispatcher needs from an engine; the worker role of cluster mode reuses it. */

@@ -4,10 +4,12 @@ import Database from 'better-sqlite3';
 import type { FastifyServerOptions } from 'fastify';
 import type { Logger } from 'pino';
 import type { IdempotencyOptions } from '../idempotency/claim.ts';
+import type { IdempotencyStore } from '../idempotency/store.ts';
 import { SqliteIdempotencyStore } from '../idempotency/sqlite.ts';
 import { MemoryRateLimiter } from '../limits/memory-rate-limiter.ts';
 import type { Quota, RateLimiter } from '../limits/rate-limiter.ts';
 import { SqliteRetentionStore } from '../retention/sqlite.ts';
+import type { RetentionStore } from '../retention/store.ts';
 import { RetentionSweeper } from '../retention/sweeper.ts';
 import type { RunEventBus } from '../runs/events.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
@@ -28,25 +30,28 @@ export const quotaOf = (cfg: HardeningConfig): Quota => ({
   slotTtlMs: cfg.slotTtlMs,
 });
 
-export function createEmbeddedHardening(deps: {
+/** The parts that differ by backend (SQLite and memory for `serve`, Postgres and Redis for `api`); the rest is one shape. */
+export interface HardeningBackend {
+  idempotency: IdempotencyStore;
+  retentionStore: RetentionStore;
+  limiter: RateLimiter;
+  close(): Promise<void> | void;
+}
+
+export interface HardeningDeps {
   cfg: HardeningConfig;
-  dbFile: string;
   objects: ObjectStore;
   bus: RunEventBus;
   logger: Logger;
   waitCapSeconds: number;
-}): AppHardening {
+}
+
+export function assembleHardening(deps: HardeningDeps, backend: HardeningBackend): AppHardening {
   const { cfg } = deps;
-  // Its own connection to the run database: WAL lets it sit next to the run store's.
-  const db = new Database(deps.dbFile);
-  db.pragma('journal_mode = WAL');
-  db.pragma('synchronous = NORMAL');
-  db.pragma('busy_timeout = 5000');
-  const idempotencyStore = new SqliteIdempotencyStore(db);
   const retention = new RetentionSweeper({
-    store: new SqliteRetentionStore(db),
+    store: backend.retentionStore,
     objects: deps.objects,
-    idempotency: idempotencyStore,
+    idempotency: backend.idempotency,
     bus: deps.bus,
     logger: deps.logger.child({ part: 'retention' }),
     outputTtlMs: cfg.outputTtlMs,
@@ -55,13 +60,29 @@ export function createEmbeddedHardening(deps: {
     intervalMs: cfg.sweepIntervalMs,
   });
   return {
-    limiter: new MemoryRateLimiter(quotaOf(cfg)),
-    idempotency: { store: idempotencyStore, windowMs: cfg.idempotencyWindowMs },
+    limiter: backend.limiter,
+    idempotency: { store: backend.idempotency, windowMs: cfg.idempotencyWindowMs },
     retention,
     http: httpLimitOptions(cfg, deps.waitCapSeconds),
     async close() {
       await retention.stop();
-      db.close();
+      await backend.close();
     },
   };
+}
+
+export function createEmbeddedHardening(deps: HardeningDeps & { dbFile: string }): AppHardening {
+  // Its own connection to the run database: WAL lets it sit next to the run store's.
+  const db = new Database(deps.dbFile);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  db.pragma('busy_timeout = 5000');
+  return assembleHardening(deps, {
+    idempotency: new SqliteIdempotencyStore(db),
+    retentionStore: new SqliteRetentionStore(db),
+    limiter: new MemoryRateLimiter(quotaOf(deps.cfg)),
+    close: () => {
+      db.close();
+    },
+  });
 }

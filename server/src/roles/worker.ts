@@ -4,7 +4,6 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 import { pino } from 'pino';
 import { HeartbeatWriter } from '../cluster/heartbeat.ts';
 import { publishProgress } from '../cluster/progress.ts';
@@ -12,7 +11,7 @@ import { workerConnection } from '../cluster/redis.ts';
 import type { RegionSpec } from '../cluster/regions.ts';
 import type { Config } from '../config.ts';
 import { ClusterWorker } from '../dispatch/bullmq-worker.ts';
-import { EngineSupervisor } from '../engine/supervisor.ts';
+import { localEngine } from '../engine/supervisor.ts';
 import { parseAllowlist } from '../images/index.ts';
 import { PostgresStore } from '../runs/postgres-store.ts';
 import { callbackEnvelope } from '../runs/run-object.ts';
@@ -29,18 +28,7 @@ export async function runWorker(cfg: Config, cluster: ClusterConfig, region: Reg
   const store = await PostgresStore.open(cluster.databaseUrl, { max: Math.max(4, cfg.concurrency + 2) });
   const objects = openObjectStore(cluster.storage, cfg.fsync);
   const connection = workerConnection(region.redisUrl);
-  const engine = new EngineSupervisor({
-    python: cfg.python,
-    model: cfg.model,
-    // Fixed names in the worker's own data dir: a worker restarted after kill -9 finds and reaps the engine
-    // its previous life left running (holding GPU memory). One data dir per worker.
-    socketPath: path.join(cfg.dataDir, 'engine.sock'),
-    pidFile: path.join(cfg.dataDir, 'engine.pid'),
-    logger: logger.child({ part: 'engine' }),
-    idleDeadlineMs: cfg.engineIdleDeadlineMs,
-    startupTimeoutMs: cfg.engineStartupTimeoutMs,
-    extraArgs: ['--data-dir', cfg.dataDir],
-  });
+  const engine = localEngine(cfg, logger.child({ part: 'engine' }));
   // Workers only write callbacks into the Postgres outbox (api replicas deliver them); their bodies need
   // public URLs, which in a cluster is the load balancer's address (PUBLIC_BASE_URL).
   const baseUrl = cfg.publicBaseUrl?.replace(/\/+$/, '') ?? '';
