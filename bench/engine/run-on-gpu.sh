@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Run on the GPU box from the repo root, after fetch-wheels.sh carried .whl/ there.
+# Run on the GPU box from the repo root, after fetch-wheels.sh carried .whl/ there. Through the device tool,
+# set OUT_DIR=$OUT so the results come back (files written elsewhere on that machine are lost).
 # bf16: all cases against diffusers; then fp8 case (a) with the per-step denoiser error against bf16.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PY:-python}
+PY=${PY:-python3}  # the GPU image's python3 is the one with torch
 $PY -m pip install -q --no-index --no-deps .whl/*.whl
 $PY -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.get_device_name())"
 OUT=${OUT_DIR:-bench/results}
