@@ -105,6 +105,17 @@ export function decodeStrictBase64(text: string, field: string, maxBytes: number
   }
   const body = text.replace(WHITESPACE, '');
   if (body.length === 0) throw new ImageInputError(field, 'base64 data is empty');
+  // Only canonical strict base64 survives a decode/re-encode round trip unchanged, so one native pass
+  // replaces the alphabet regex (~0.7 ms per 136 KB edit body); the slow checks only name the fault.
+  const bytes = Buffer.from(body, 'base64');
+  if (bytes.toString('base64') !== body) refuseBase64(body, field);
+  if (bytes.length > maxBytes) {
+    throw new ImageInputError(field, `inline image is too large: ${formatBytes(bytes.length)} exceeds ${formatBytes(maxBytes)}`);
+  }
+  return bytes;
+}
+
+function refuseBase64(body: string, field: string): never {
   if (body.length % 4 !== 0) throw new ImageInputError(field, 'invalid base64: length is not a multiple of 4');
   const pad = body.endsWith('==') ? 2 : body.endsWith('=') ? 1 : 0;
   const core = body.slice(0, body.length - pad);
@@ -114,11 +125,8 @@ export function decodeStrictBase64(text: string, field: string, maxBytes: number
   if (pad > 0 && !hasZeroTrailingBits(core, pad)) {
     throw new ImageInputError(field, 'invalid base64: non-canonical trailing bits');
   }
-  const size = (body.length / 4) * 3 - pad;
-  if (size > maxBytes) {
-    throw new ImageInputError(field, `inline image is too large: ${formatBytes(size)} exceeds ${formatBytes(maxBytes)}`);
-  }
-  return Buffer.from(body, 'base64');
+  // Unreachable: a string passing all three checks above re-encodes to itself.
+  throw new ImageInputError(field, 'invalid base64');
 }
 
 function hasZeroTrailingBits(core: string, pad: number): boolean {
