@@ -59,6 +59,9 @@ function toColumn(key: string, value: unknown): unknown {
 export class SqliteStore implements RunStore, DeliveryStore {
   private readonly db: Database.Database;
   private readonly stmts: ReturnType<SqliteStore['prepare']>;
+  // transition() builds its SQL from the patch's keys; only a handful of shapes exist, and preparing
+  // one each call showed in the request profile.
+  private readonly transitionStmts = new Map<string, Database.Statement>();
 
   constructor(file: string) {
     this.db = new Database(file);
@@ -149,11 +152,17 @@ export class SqliteStore implements RunStore, DeliveryStore {
     from.forEach((s, i) => (params[`f${i}`] = s));
     const sql = `UPDATE runs SET ${sets} WHERE id = @id AND status IN (${from.map((_, i) => '@f' + i).join(',')}) RETURNING *`;
     const run = this.db.transaction(() => {
-      const row = this.db.prepare(sql).get(params) as Row | undefined;
+      const row = this.transitionStatement(sql).get(params) as Row | undefined;
       if (row && delivery) this.stmts.addDelivery.run({ ...delivery, now: Date.now() });
       return row;
     })();
     return run ? toRecord(run) : null;
+  }
+
+  private transitionStatement(sql: string): Database.Statement {
+    let stmt = this.transitionStmts.get(sql);
+    if (!stmt) this.transitionStmts.set(sql, (stmt = this.db.prepare(sql)));
+    return stmt;
   }
 
   async claimNext(): Promise<RunRecord | null> {
