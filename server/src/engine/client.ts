@@ -180,7 +180,10 @@ export class EngineClient {
         if (opts.signal.aborted) onAbort();
         else opts.signal.addEventListener('abort', onAbort, { once: true });
       }
+      // Corked so prefix, header and pixel blobs leave in one writev instead of one syscall each.
+      this.socket.cork();
       for (const part of encodeFrame({ ...header, id } as Omit<FrameHeader, 'v'>, blobs)) this.socket.write(part);
+      this.socket.uncork();
     });
   }
 
