@@ -46,7 +46,8 @@ beforeAll(async () => {
   // A long heartbeat TTL keeps the region healthy while (d) freezes the workers with SIGSTOP.
   const env = { KLEINSERVE_HEARTBEAT_TTL_MS: '20000' };
   workers = await Promise.all([0, 1, 2].map(() => startWorker({ db, region: 'main', redis, storage, concurrency: 2, env })));
-  await waitWorkers(apis[0], 'main', 3);
+  // Each replica places runs from its own cached view of the region: both must have seen the workers.
+  await Promise.all(apis.map((a) => waitWorkers(a, 'main', 3)));
 }, 180_000);
 
 afterAll(async () => {
