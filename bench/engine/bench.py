@@ -128,12 +128,19 @@ def matmul_peak_tflops(device, dtype) -> float | None:
 
 
 def denoise_flops(transformer, size, refs, steps=4, batch=1) -> float:
-    """Per the config arithmetic in shared/docs/flux2-klein.md: linear 2*params*L plus attention 4*L^2*D per block."""
+    """FLOPs of the denoiser for one request, as counted in shared/docs/flux2-klein.md.
+
+    Each token passes ONE stream of the double blocks (image tokens the image weights, text tokens the text
+    weights) and all single blocks, so the linear work per token is 2 x (single-block params + half the
+    double-block params); attention adds 4 * L^2 * inner_dim per layer. Embedders, modulation and the output
+    projection are per-sample (M = 1) or tiny and are left out, as in the doc.
+    """
     cfg = transformer.config
-    params = sum(p.numel() for p in transformer.parameters())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    per_token_params = count(transformer.single_transformer_blocks) + count(transformer.transformer_blocks) / 2
     tokens = 512 + (size // 16) ** 2 * (1 + refs)
     inner = cfg.num_attention_heads * cfg.attention_head_dim
-    per_step = 2 * params * tokens + 4 * tokens**2 * inner * (cfg.num_layers + cfg.num_single_layers)
+    per_step = 2 * per_token_params * tokens + 4 * tokens**2 * inner * (cfg.num_layers + cfg.num_single_layers)
     return per_step * steps * batch
 
 
