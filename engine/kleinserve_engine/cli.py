@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="serve engine protocol v1 on a socket")
-    s.add_argument("--model", default="black-forest-labs/FLUX.2-klein-4B", help="diffusers-layout DIR, HF repo id, or 'tiny'")
+    s.add_argument("--model", default="black-forest-labs/FLUX.2-klein-4B",
+                   help="diffusers-layout DIR, HF repo id, 'tiny' or 'tiny-base' (random-weight distilled / base test models)")
     s.add_argument("--listen", required=True, help="unix:PATH or tcp:HOST:PORT (port 0 picks a free one)")
     s.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "fp32", "bf16"],
@@ -47,11 +48,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tiny-dir", type=Path, default=None, help="where --model tiny is built (default DATA_DIR/tiny-model)")
     s.add_argument("--threads", type=int, default=int(os.environ.get("KLEINSERVE_TORCH_THREADS", "0")),
                    help="CPU intra-op threads (default 1 on CPU: the tiny model gains little and shared cores lose a lot)")
+    s.add_argument("--safety-checker", default=None, metavar="MODEL",
+                   help="image classifier (DIR or HF repo id, transformers AutoModelForImageClassification) run on every output")
+    s.add_argument("--safety-policy", default="flag", choices=["flag", "blur", "fail"],
+                   help="what a flagged image gets: reported only, blurred, or the request fails with NSFW_CONTENT")
+    s.add_argument("--safety-threshold", type=float, default=0.5, help="unsafe score at or above which an image is flagged")
+    s.add_argument("--safety-labels", default=None, metavar="REGEX",
+                   help="classifier labels that count as unsafe (case-insensitive regex; default nsfw|unsafe|porn|hentai|sexy)")
+    s.add_argument("--allow-safety-opt-out", action="store_true", help="let a request skip the checker with safety_checker:false")
     s.add_argument("--exit-with-stdin", action="store_true", help="exit when stdin closes (set by a supervising parent)")
     s.add_argument("--log-level", default=os.environ.get("KLEINSERVE_LOG_LEVEL", "INFO"))
 
     t = sub.add_parser("make-tiny-model", help="write a random-weight tiny klein in diffusers layout")
     t.add_argument("dir", type=Path)
+    t.add_argument("--base", action="store_true", help="mark it a base checkpoint (is_distilled false: classifier-free guidance)")
+
+    c = sub.add_parser("make-tiny-safety-checker", help="write a random-weight tiny image classifier (labels normal, nsfw)")
+    c.add_argument("dir", type=Path)
     return p
 
 
@@ -67,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-tiny-model":
         from .tiny import make_tiny_model
 
-        print(make_tiny_model(args.dir))
+        print(make_tiny_model(args.dir, distilled=not args.base))
+        return 0
+    if args.command == "make-tiny-safety-checker":
+        from .safety import build_tiny_checker
+
+        print(build_tiny_checker(args.dir))
         return 0
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -87,6 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         oom_prompt=os.environ.get("KLEINSERVE_TEST_OOM_PROMPT"), threads=args.threads,
         exit_with_stdin=args.exit_with_stdin,
     )
+    if args.safety_checker:
+        from .safety import DEFAULT_UNSAFE_LABELS, SafetyOptions
+
+        try:
+            cfg.safety = SafetyOptions(args.safety_checker, policy=args.safety_policy, threshold=args.safety_threshold,
+                                       unsafe_labels=args.safety_labels or DEFAULT_UNSAFE_LABELS,
+                                       allow_opt_out=args.allow_safety_opt_out)
+        except ValueError as exc:
+            print(f"kleinserve-engine: {exc}", file=sys.stderr)
+            return 1
+    cfg.allow_safety_opt_out = args.allow_safety_opt_out
     try:
         return asyncio.run(serve(cfg))
     except ModelUnavailable as exc:

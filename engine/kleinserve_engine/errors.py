@@ -32,5 +32,19 @@ class Canceled(EngineError):
     code = "CANCELED"
 
 
+class NsfwContent(EngineError):
+    code = "NSFW_CONTENT"
+
+
+def internal_error(exc: BaseException, log, what: str) -> EngineError:
+    """An unexpected failure as clients see it: a generic message and a reference into the engine log, never the
+    exception's class, text or traceback (they can name files, paths and library internals)."""
+    import secrets
+
+    ref = secrets.token_hex(4)
+    log.error("%s failed (error ref %s)", what, ref, exc_info=exc)
+    return EngineError(f"internal engine error (ref {ref}); the engine log has the details")
+
+
 class ModelUnavailable(Exception):
     """The weights are missing and cannot be fetched: fatal at startup, reported as MODEL_UNAVAILABLE (exit 2)."""

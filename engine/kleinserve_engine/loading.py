@@ -35,6 +35,11 @@ class LoadedModel:
     scheduler_config: dict
     text_layers: tuple[int, ...] = TEXT_LAYERS
     extras: dict = field(default_factory=dict)
+    facts: Any = None  # model_family.ModelFacts: distilled or base, defaults, the text encoder it names
+
+    @property
+    def is_distilled(self) -> bool:
+        return self.facts is None or self.facts.is_distilled
 
 
 def resolve_device(device: str):
@@ -121,6 +126,13 @@ def load(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = N
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     try:
+        from .model_family import CheckpointMismatch, read_facts
+
+        facts = read_facts(path, model_id or model)
+    except (OSError, KeyError, ValueError) as exc:
+        detail = str(exc) if isinstance(exc, CheckpointMismatch) else f"unreadable config: {exc}"
+        raise ModelUnavailable(f"{path} is not a usable FLUX.2 [klein] checkpoint: {detail}") from None
+    try:
         from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
         from transformers import AutoTokenizer
 
@@ -144,4 +156,6 @@ def load(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str | None = N
         transformer=transformer,
         vae=vae,
         scheduler_config=scheduler_config,
+        text_layers=facts.text_encoder.layers,
+        facts=facts,
     )

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 disable_created_metrics()  # *_created series add nothing for a scrape of one process
 
-STAGES = ("queue", "text_encode", "vae_encode", "denoise", "decode", "image_encode", "total")
+STAGES = ("queue", "text_encode", "vae_encode", "denoise", "decode", "safety_check", "image_encode", "total")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 
 

@@ -17,8 +17,9 @@ import torch
 
 from . import image_encoding, latents
 from .caches import ByteLRU, tensor_bytes
-from .errors import Canceled, EngineError, OutOfMemory
+from .errors import Canceled, EngineError, OutOfMemory, internal_error
 from .fastpath import Denoiser, FastPathOptions, attention_context, prepare
+from .guidance import GuidancePlan, uses_cfg
 from .loading import LoadedModel
 from .metrics import Metrics
 from .preprocess import Reference, to_tensor
@@ -38,7 +39,9 @@ class Job:
     width: int
     height: int
     steps: int = 4
-    guidance: float = 1.0
+    guidance: float = 1.0  # guidance_scale; classifier-free guidance only on a base checkpoint and when > 1
+    negative_prompt: str = ""
+    safety_check: bool = True  # False: this request opted out of the safety checker
     output_format: str = "jpeg"
     output_quality: int = 95
     on_progress: Callable[[dict], None] | None = None
@@ -47,7 +50,8 @@ class Job:
     context: object = None  # the server's handle for answering this job
 
     def batch_key(self) -> tuple:
-        return (self.width, self.height, self.steps, self.guidance, tuple(r.size for r in self.refs))
+        # guidance is per row (guidance.py), so guided and unguided requests share a batch
+        return (self.width, self.height, self.steps, tuple(r.size for r in self.refs))
 
     @property
     def num_images(self) -> int:
@@ -65,6 +69,7 @@ class JobResult:
     timings: dict
     batch_size: int
     cache: dict
+    safety: list[dict] | None = None  # per image {nsfw, nsfw_score}; None when no checker ran for this request
 
 
 @dataclass
@@ -74,6 +79,7 @@ class EngineOptions:
     fastpath: FastPathOptions | None = None
     # Test hook: a prompt that makes the denoise stage raise torch.OutOfMemoryError, to prove isolation.
     oom_prompt: str | None = None
+    safety: object = None  # safety.SafetyChecker run on every output image, or None
 
 
 def _sync(device) -> None:
@@ -155,9 +161,7 @@ class Engine:
             return exc
         if isinstance(exc, torch.OutOfMemoryError):
             return OutOfMemory(f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'allocation failed'}")
-        log.error("request failed", exc_info=exc)
-        err = EngineError(f"{type(exc).__name__}: {exc}")
-        return err
+        return internal_error(exc, log, "request")
 
     def _release_memory(self) -> None:
         if self.model.device.type == "cuda":
@@ -178,7 +182,7 @@ class Engine:
         h, w, steps = first.height // 16, first.width // 16, first.steps
 
         with torch.inference_mode():
-            embeds, prompt_state = self.prompt_embeddings([jobs[k].prompt for k in live])
+            embeds, prompt_state = self.prompt_embeddings([jobs[k].prompt for k in live] + [jobs[k].negative_prompt for k in live if self._guided(jobs[k])])
             _sync(dev)
             t_text = time.perf_counter()
             ref_lats, ref_state = {}, {}
@@ -191,6 +195,8 @@ class Engine:
             rows = [(k, s) for k in live for s in jobs[k].seeds]
             x = latents.pack(torch.cat([self.noise(s, h, w) for _, s in rows])).to(dev)
             text = torch.cat([embeds[jobs[k].prompt] for k, _ in rows])
+            guidance = GuidancePlan.build([jobs[k].guidance for k, _ in rows],
+                                          [embeds.get(jobs[k].negative_prompt) for k, _ in rows], m.is_distilled)
             ref_shapes = [tuple(t.shape[-2:]) for t in ref_lats[live[0]]]
             refs = None
             if ref_shapes:
@@ -206,7 +212,7 @@ class Engine:
             if self.options.oom_prompt is not None and any(jobs[k].prompt == self.options.oom_prompt for k in live):
                 raise torch.OutOfMemoryError("simulated out-of-memory (test hook)")
 
-            x, rows, text, refs, denoise_end = self._denoise(jobs, rows, x, text, refs, img_ids, txt_ids, sig, n_noisy, t_vae)
+            x, rows, text, refs, denoise_end = self._denoise(jobs, rows, x, text, refs, img_ids, txt_ids, sig, n_noisy, t_vae, guidance)
             for k in {k for k, _ in rows} ^ set(live):
                 results[k] = Canceled("canceled while running")
             if not rows:
@@ -215,6 +221,9 @@ class Engine:
             pixels = latents.decode(m.vae, x.to(m.vae.dtype), h, w)
             u8 = latents.to_uint8(pixels).numpy()
         t_dec = time.perf_counter()
+        checker = self.options.safety
+        verdicts = checker.screen(u8, [jobs[k].safety_check for k, _ in rows]) if checker else [None] * len(rows)
+        t_safety = time.perf_counter()
         self.metrics.batch_size.observe(len(rows))
 
         by_job: dict[int, list[int]] = {}
@@ -222,6 +231,10 @@ class Engine:
             by_job.setdefault(k, []).append(r)
         for k, row_ids in by_job.items():
             job = jobs[k]
+            refusal = checker.refusal([verdicts[r] for r in row_ids]) if checker else None
+            if refusal is not None:
+                results[k] = refusal
+                continue
             t0 = time.perf_counter()
             files = [image_encoding.encode(u8[r], job.output_format, job.output_quality) for r in row_ids]
             t_enc = time.perf_counter()
@@ -234,6 +247,8 @@ class Engine:
                 "image_encode_ms": (t_enc - t0) * 1000,
                 "total_ms": (t_enc - job.enqueued_at) * 1000,
             }
+            if checker:
+                timings["safety_check_ms"] = (t_safety - t_dec) * 1000
             timings = {key: round(v, 3) for key, v in timings.items()}
             results[k] = JobResult(
                 images=files,
@@ -245,11 +260,15 @@ class Engine:
                 timings=timings,
                 batch_size=len(rows),
                 cache={"prompt": prompt_state[job.prompt], "refs": ref_state[k]},
+                safety=[verdicts[r].as_dict() for r in row_ids] if verdicts[row_ids[0]] is not None else None,
             )
         self.metrics.observe_caches([self.prompt_cache, self.ref_cache])
         return [results[k] for k in range(len(jobs))]
 
-    def _denoise(self, jobs, rows, x, text, refs, img_ids, txt_ids, sig, n_noisy, t_begin):
+    def _guided(self, job: Job) -> bool:
+        return uses_cfg(self.model.is_distilled, job.guidance)
+
+    def _denoise(self, jobs, rows, x, text, refs, img_ids, txt_ids, sig, n_noisy, t_begin, guidance: GuidancePlan):
         dev = self.model.device
         steps = len(sig) - 1
         want_progress = any(jobs[k].on_progress for k, _ in rows)
@@ -264,10 +283,12 @@ class Engine:
                     if not rows:
                         break
                     x, text = x.index_select(0, idx), text.index_select(0, idx)
+                    guidance = guidance.select(keep)
                     refs = refs.index_select(0, idx) if refs is not None else None
                 hidden = x if refs is None else torch.cat([x, refs], dim=1)
-                v = self.denoiser(hidden.to(self.model.dtype), text, timestep(sig[i], x.shape[0], x.dtype), img_ids, txt_ids)
-                x = euler(x, v[:, :n_noisy], sig[i], sig[i + 1])
+                v = guidance.velocity(self.denoiser, hidden.to(self.model.dtype), text, timestep(sig[i], x.shape[0], x.dtype),
+                                      img_ids, txt_ids, n_noisy)
+                x = euler(x, v, sig[i], sig[i + 1])
                 if want_progress:
                     _sync(dev)
                     now = time.perf_counter()

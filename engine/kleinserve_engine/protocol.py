@@ -91,6 +91,22 @@ def error_header(id_, code: str, message: str, field: str | None = None) -> dict
     return {"v": VERSION, "id": id_, "op": "error", "ok": False, "error": err}
 
 
+def _text(h: dict, name: str, required: bool) -> str:
+    v = h.get(name)
+    if v is None and not required:
+        return ""
+    if not isinstance(v, str):
+        raise InvalidRequest(f"{name}: must be a string", name)
+    if len(v) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"{name}: longer than {MAX_PROMPT_CHARS} characters", name)
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's \ud800-style escapes decode to lone surrogates, which are not text
+        raise InvalidRequest(f"{name}: invalid Unicode at character {exc.start} (an unpaired surrogate); send UTF-8 text",
+                             name) from None
+    return v
+
+
 def _int(h: dict, name: str, lo: int, hi: int, default=None, nullable=False):
     v = h.get(name)
     if v is None:
@@ -114,7 +130,9 @@ class GenerateRequest:
     blobs: list[bytes]
     seed: int | None
     steps: int
-    guidance: float
+    guidance: float  # guidance_scale, as the checkpoint will apply it
+    negative_prompt: str
+    safety_checker: bool
     width: int | None
     height: int | None
     num_images: int
@@ -123,12 +141,14 @@ class GenerateRequest:
     progress: bool
 
 
-def parse_generate(h: dict, blobs: list[bytes], max_output_pixels: int) -> GenerateRequest:
-    prompt = h.get("prompt")
-    if not isinstance(prompt, str):
-        raise InvalidRequest("prompt: must be a string", "prompt")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"prompt: longer than {MAX_PROMPT_CHARS} characters", "prompt")
+def parse_generate(h: dict, blobs: list[bytes], max_output_pixels: int, model=None,
+                   allow_safety_opt_out: bool = False) -> GenerateRequest:
+    """`model` is the loaded checkpoint's model_family.ModelFacts: its step defaults and guidance rules."""
+    from .guidance import request_guidance
+    from .safety import check_opt_out
+
+    prompt = _text(h, "prompt", required=True)
+    negative_prompt = _text(h, "negative_prompt", required=False)
     images = h.get("images") or []
     if not isinstance(images, list) or not all(isinstance(i, dict) for i in images):
         raise InvalidRequest("images: must be an array of objects", "images")
@@ -137,11 +157,13 @@ def parse_generate(h: dict, blobs: list[bytes], max_output_pixels: int) -> Gener
     if len(blobs) != len(images):
         raise InvalidRequest(f"blobs: {len(images)} images need {len(images)} blobs, got {len(blobs)}", "blobs")
     seed = _int(h, "seed", 0, MAX_SEED - 1, nullable=True)
-    steps = _int(h, "steps", 1, MAX_STEPS, default=4)
-    guidance = h.get("guidance", 1.0)
-    guidance = 1.0 if guidance is None else guidance
-    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not 0 <= guidance <= 20:
-        raise InvalidRequest(f"guidance: must be a number in [0, 20], got {guidance!r}", "guidance")
+    steps = _int(h, "steps", 1, model.max_steps if model else MAX_STEPS, default=model.default_steps if model else 4)
+    guidance = request_guidance(h, model, negative_prompt)
+    safety_checker = h.get("safety_checker", True)
+    safety_checker = True if safety_checker is None else safety_checker
+    if not isinstance(safety_checker, bool):
+        raise InvalidRequest("safety_checker: must be a boolean", "safety_checker")
+    check_opt_out(safety_checker, allow_safety_opt_out)
     width, height = h.get("width"), h.get("height")
     if (width is None) != (height is None):
         raise InvalidRequest("width/height: give both or neither", "width" if width is None else "height")
@@ -164,6 +186,7 @@ def parse_generate(h: dict, blobs: list[bytes], max_output_pixels: int) -> Gener
     if not isinstance(progress, bool):
         raise InvalidRequest("progress: must be a boolean", "progress")
     return GenerateRequest(
-        id=h["id"], prompt=prompt, images=images, blobs=blobs, seed=seed, steps=steps, guidance=float(guidance),
+        id=h["id"], prompt=prompt, images=images, blobs=blobs, seed=seed, steps=steps, guidance=guidance,
+        negative_prompt=negative_prompt, safety_checker=safety_checker,
         width=width, height=height, num_images=num_images, output_format=fmt, output_quality=quality, progress=progress,
     )

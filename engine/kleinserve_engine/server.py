@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import protocol
 from .batcher import Batcher
-from .errors import Canceled, EngineError, InvalidRequest, NotReady
+from .errors import Canceled, EngineError, InvalidRequest, ModelUnavailable, NotReady, internal_error
 from .metrics import Metrics
 from .preprocess import DEFAULT_MAX_REF_PIXELS, MAX_ASPECT, MIN_SIDE
 from .worker import Worker
@@ -29,7 +29,7 @@ log = logging.getLogger("kleinserve_engine.server")
 
 @dataclass
 class ServeConfig:
-    model: str  # a directory, a Hugging Face repo id, or "tiny"
+    model: str  # a directory, a Hugging Face repo id, "tiny" or "tiny-base"
     listen: str
     tiny_dir: Path | None = None
     device: str = "auto"
@@ -49,6 +49,8 @@ class ServeConfig:
     oom_prompt: str | None = None
     threads: int = 0  # CPU intra-op threads; 0 = 1 on CPU (see cli.py), torch's default on CUDA
     exit_with_stdin: bool = False  # exit when stdin reaches EOF: the supervising parent died
+    safety: object = None  # safety.SafetyOptions when --safety-checker is given
+    allow_safety_opt_out: bool = False
 
 
 class _Pending:
@@ -81,10 +83,10 @@ class _Connection:
         self.send(protocol.error_header(id_, err.code, err.message, err.field))
 
 
-def limits(cfg: ServeConfig) -> dict:
+def limits(cfg: ServeConfig, facts=None) -> dict:
     return {
         "max_ref_pixels": cfg.max_ref_pixels, "min_side": MIN_SIDE, "max_aspect": MAX_ASPECT,
-        "max_images": protocol.MAX_IMAGES, "max_steps": protocol.MAX_STEPS,
+        "max_images": protocol.MAX_IMAGES, "max_steps": facts.max_steps if facts else protocol.MAX_STEPS,
         "max_output_pixels": cfg.max_output_pixels, "max_batch": cfg.max_batch,
     }
 
@@ -97,6 +99,7 @@ class EngineServer:
         self.error: str | None = None
         self.device = None
         self.dtype = None
+        self.facts = None  # model_family.ModelFacts once loaded
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kleinserve-preprocess")
         self.worker = Worker(self._startup, self._on_result_thread, self._on_started_thread, cfg.max_batch)
@@ -144,13 +147,22 @@ class EngineServer:
 
         t0 = time.perf_counter()
         source = self.cfg.model
-        if source == "tiny":
+        if source in ("tiny", "tiny-base"):
             from .tiny import ensure_tiny_model
 
             # built here, after the socket is bound, through the same loader as real weights
-            source = str(ensure_tiny_model(self.cfg.tiny_dir or self.cfg.data_dir / "tiny-model"))
+            tiny_dir = self.cfg.tiny_dir or self.cfg.data_dir / "tiny-model"
+            if source == "tiny-base":
+                tiny_dir = tiny_dir.with_name(tiny_dir.name + "-base")
+            source = str(ensure_tiny_model(tiny_dir, distilled=source == "tiny"))
         model = load(source, device=self.cfg.device, dtype=self.cfg.dtype, model_id=self.cfg.model)
-        self.device, self.dtype = model.device, model.dtype
+        self.device, self.dtype, self.facts = model.device, model.dtype, model.facts
+        checker = None
+        if self.cfg.safety is not None:
+            from .safety import SafetyChecker
+
+            checker = SafetyChecker.load(self.cfg.safety, model.device)
+            checker.attach_metrics(self.metrics.registry)
         if model.device.type == "cpu":
             import torch
 
@@ -160,7 +172,7 @@ class EngineServer:
         fp = FastPathOptions.for_device(model.device.type, compile=self.cfg.compile, compile_backend=self.cfg.compile_backend,
                                         compile_mode=self.cfg.compile_mode, precision=self.cfg.precision)
         engine = Engine(model, EngineOptions(prompt_cache_mb=self.cfg.prompt_cache_mb, ref_cache_mb=self.cfg.ref_cache_mb,
-                                             fastpath=fp, oom_prompt=self.cfg.oom_prompt), self.metrics)
+                                             fastpath=fp, oom_prompt=self.cfg.oom_prompt, safety=checker), self.metrics)
         spec = self.cfg.warmup
         if spec == "auto":
             spec = DEFAULT_CUDA_BUCKETS if model.device.type == "cuda" else "none"
@@ -184,7 +196,8 @@ class EngineServer:
             self.metrics.ready.set(1)
         else:
             self.status = "failed"
-            self.error = str(exc) or type(exc).__name__
+            # health and NOT_READY answers carry this: only our own messages, never an exception's internals
+            self.error = str(exc) if isinstance(exc, ModelUnavailable) else "the model could not be loaded (see the engine log)"
         if not self.load_done.done():
             self.load_done.set_result(exc)
 
@@ -250,8 +263,18 @@ class EngineServer:
             "model": self.cfg.model,
             "device": str(self.device) if self.device is not None else None,
             "dtype": str(self.dtype).replace("torch.", "") if self.dtype is not None else None,
-            "queue_depth": self.queue_depth, "in_flight": self.in_flight, "error": self.error, "limits": limits(self.cfg),
+            "queue_depth": self.queue_depth, "in_flight": self.in_flight, "error": self.error,
+            "limits": limits(self.cfg, self.facts),
+            "model_info": self.facts.as_dict() if self.facts is not None else None,
+            "safety": self.safety_info(),
         }
+
+    def safety_info(self) -> dict:
+        s = self.cfg.safety
+        if s is None:
+            return {"enabled": False, "allow_opt_out": True}
+        return {"enabled": True, "model": s.model, "policy": s.policy, "threshold": s.threshold,
+                "unsafe_labels": s.unsafe_labels, "allow_opt_out": s.allow_opt_out}
 
     @property
     def queue_depth(self) -> int:
@@ -268,7 +291,10 @@ class EngineServer:
         if header["id"] in conn.pending:
             raise InvalidRequest(f"id: request {header['id']!r} is already in flight on this connection", "id")
         blobs = protocol.split_blobs(header, body)
-        req = protocol.parse_generate(header, blobs, self.cfg.max_output_pixels)
+        # opting out of a checker that is not configured changes nothing, so it is never refused
+        opt_out_ok = self.cfg.safety is None or self.cfg.safety.allow_opt_out
+        req = protocol.parse_generate(header, blobs, self.cfg.max_output_pixels, model=self.facts,
+                                      allow_safety_opt_out=opt_out_ok)
         pending = _Pending(conn, req)
         conn.pending[req.id] = pending
         asyncio.ensure_future(self._prepare(pending))
@@ -279,8 +305,7 @@ class EngineServer:
         except EngineError as err:
             return self._answer(p, err)
         except Exception as exc:
-            log.exception("preparing %s failed", p.req.id)
-            return self._answer(p, EngineError(f"{type(exc).__name__}: {exc}"))
+            return self._answer(p, internal_error(exc, log, f"preparing {p.req.id!r}"))
         if p.canceled:
             return self._answer(p, Canceled("canceled before it started"))
         p.job = job
@@ -304,7 +329,8 @@ class EngineServer:
             def on_progress(info, p=p):
                 self.loop.call_soon_threadsafe(self._progress, p, info)
         job = Job(prompt=req.prompt, refs=refs, seeds=[seed + i for i in range(req.num_images)], width=width, height=height,
-                  steps=req.steps, guidance=req.guidance, output_format=req.output_format,
+                  steps=req.steps, guidance=req.guidance, negative_prompt=req.negative_prompt,
+                  safety_check=req.safety_checker, output_format=req.output_format,
                   output_quality=req.output_quality, on_progress=on_progress)
         job.enqueued_at = p.received
         job.context = p
@@ -323,14 +349,17 @@ class EngineServer:
         p.answered = True
         p.conn.pending.pop(p.req.id, None)
         if isinstance(result, BaseException):
-            err = result if isinstance(result, EngineError) else EngineError(f"{type(result).__name__}: {result}")
+            err = result if isinstance(result, EngineError) else internal_error(result, log, f"request {p.req.id!r}")
             self.metrics.requests.labels(err.code.lower()).inc()
             return p.conn.send_error(p.req.id, err)
         self.metrics.requests.labels("ok").inc()
         self.metrics.observe_timings(result.timings)
         header = {
             "v": 1, "id": p.req.id, "op": "result", "ok": True,
-            "images": [{"width": result.width, "height": result.height, "content_type": result.content_type} for _ in result.images],
+            "images": [{"width": result.width, "height": result.height, "content_type": result.content_type,
+                        **(verdict or {"nsfw": False, "nsfw_score": None})}
+                       for verdict in (result.safety or [None] * len(result.images))],
+            "safety_checked": result.safety is not None,
             "seeds": result.seeds, "timings": result.timings, "batch_size": result.batch_size, "cache": result.cache,
         }
         p.conn.send(header, result.images)
@@ -376,9 +405,9 @@ async def serve(cfg: ServeConfig) -> int:
         return 0
     exc = server.load_done.result()
     if exc is not None:
-        from .errors import ModelUnavailable
-
-        message = str(exc) if isinstance(exc, ModelUnavailable) else f"model could not be loaded: {type(exc).__name__}: {exc}"
+        if not isinstance(exc, ModelUnavailable):
+            log.error("model could not be loaded", exc_info=exc)
+        message = str(exc) if isinstance(exc, ModelUnavailable) else "the model could not be loaded (the engine log on stderr has the details)"
         events.write(json.dumps({"event": "failed", "code": "MODEL_UNAVAILABLE", "message": message}) + "\n")
         events.flush()
         print(f"kleinserve-engine: {message}", file=sys.stderr)

@@ -125,8 +125,9 @@ def build_vae():
     return vae.eval()
 
 
-def make_tiny_model(out_dir: str | Path) -> Path:
-    """Writes the tiny model to out_dir (created if missing) and returns the path."""
+def make_tiny_model(out_dir: str | Path, distilled: bool = True) -> Path:
+    """Writes the tiny model to out_dir (created if missing) and returns the path. distilled=False marks it as a
+    base checkpoint (is_distilled false: classifier-free guidance), with the same random weights."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -149,7 +150,7 @@ def make_tiny_model(out_dir: str | Path) -> Path:
     index = {
         "_class_name": "Flux2KleinPipeline",
         "_diffusers_version": diffusers.__version__,
-        "is_distilled": True,
+        "is_distilled": distilled,
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "Qwen3ForCausalLM"],
         "tokenizer": ["transformers", "Qwen2TokenizerFast"],
@@ -160,7 +161,7 @@ def make_tiny_model(out_dir: str | Path) -> Path:
     return out
 
 
-def ensure_tiny_model(target: str | Path) -> Path:
+def ensure_tiny_model(target: str | Path, distilled: bool = True) -> Path:
     """Builds the tiny model once; engines starting together race safely through an atomic rename."""
     import os
     import shutil
@@ -171,7 +172,7 @@ def ensure_tiny_model(target: str | Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-    make_tiny_model(staging)
+    make_tiny_model(staging, distilled=distilled)
     try:
         os.rename(staging, target)
     except OSError:  # another process finished first

@@ -64,7 +64,8 @@ def test_generate_with_rgb8_and_png_references(server):
     a, b = random_image(150, 100, 1), random_image(96, 96, 2)
     h, blobs, progress = run(session(server, lambda c: c.call(*gen(images=[rgb8(a), png(b)], output_format="png", progress=True))))
     assert h["op"] == "result" and h["ok"], h
-    assert h["images"] == [{"width": 144, "height": 96, "content_type": "image/png"}]
+    assert h["images"] == [{"width": 144, "height": 96, "content_type": "image/png", "nsfw": False, "nsfw_score": None}]
+    assert h["safety_checked"] is False  # no checker configured
     assert Image.open(io.BytesIO(blobs[0])).size == (144, 96)
     assert set(h["timings"]) == {"queue_ms", "text_encode_ms", "vae_encode_ms", "denoise_ms", "decode_ms", "image_encode_ms", "total_ms"}
     assert h["seeds"] == [1] and h["cache"]["refs"] == ["miss", "miss"]
