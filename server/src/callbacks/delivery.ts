@@ -1,10 +1,13 @@
 // Callback delivery from the persisted outbox: signed POSTs, exponential backoff, bounded attempts. It runs
 // apart from the dispatcher, so a slow or failing receiver never delays a run; restarts resume pending rows.
+// Slots are shared fairly: each attempt has one deadline for all of it (connect, headers, body), and one
+// receiver host holds at most `perReceiver` of the slots, so slow receivers cannot starve the others.
 import { createHmac } from 'node:crypto';
 import type { Logger } from 'pino';
 import { request, type Agent } from 'undici';
 import { guardedAgent, type FetchAllowlist } from '../images/index.ts';
 import type { Delivery, DeliveryStore } from '../runs/store.ts';
+import { receiverOf, receiverUrlPatterns } from './receiver.ts';
 
 export interface DeliveryOptions {
   store: DeliveryStore;
@@ -13,8 +16,12 @@ export interface DeliveryOptions {
   allowlist: FetchAllowlist;
   maxAttempts: number;
   baseDelayMs: number;
+  /** Deadline for a whole attempt: name check, connect, sending, and the answer's status and headers. */
   timeoutMs: number;
+  /** Delivery slots (attempts in flight at once). */
   concurrency?: number;
+  /** Slots one receiver host may hold at once; default a quarter of the slots (at least one). */
+  perReceiver?: number;
 }
 
 export const sign = (secret: string, body: string): string => createHmac('sha256', secret).update(body).digest('hex');
@@ -27,10 +34,15 @@ export function backoffMs(base: number, failures: number): number {
 
 export class CallbackDeliverer {
   private timer?: NodeJS.Timeout;
-  private inFlight = new Set<number>();
+  private inFlight = new Map<number, string>();
   private stopped = false;
+  private readonly slots: number;
+  private readonly perReceiver: number;
 
-  constructor(private readonly opts: DeliveryOptions) {}
+  constructor(private readonly opts: DeliveryOptions) {
+    this.slots = opts.concurrency ?? 8;
+    this.perReceiver = Math.max(1, Math.min(this.slots, opts.perReceiver ?? Math.floor(this.slots / 4)));
+  }
 
   start(): void {
     this.stopped = false;
@@ -47,6 +59,13 @@ export class CallbackDeliverer {
     this.schedule(0);
   }
 
+  /** Attempts in flight per receiver host (for tests and diagnostics). */
+  holders(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const host of this.inFlight.values()) out.set(host, (out.get(host) ?? 0) + 1);
+    return out;
+  }
+
   private schedule(ms: number): void {
     if (this.stopped) return;
     clearTimeout(this.timer);
@@ -55,17 +74,30 @@ export class CallbackDeliverer {
   }
 
   private async tick(): Promise<void> {
-    const limit = (this.opts.concurrency ?? 8) - this.inFlight.size;
-    if (limit > 0) {
-      const due = await this.opts.store.dueDeliveries(Date.now(), limit + this.inFlight.size);
+    const free = this.slots - this.inFlight.size;
+    if (free > 0) {
+      const full = [...this.holders()].filter(([, n]) => n >= this.perReceiver).map(([host]) => host);
+      const due = await this.opts.store.dueDeliveries(Date.now(), free, full.flatMap(receiverUrlPatterns));
+      const unused: number[] = [];
       for (const d of due) {
-        if (this.inFlight.has(d.id) || this.inFlight.size >= (this.opts.concurrency ?? 8)) continue;
-        this.inFlight.add(d.id);
-        this.deliver(d).finally(() => {
-          this.inFlight.delete(d.id);
-          this.schedule(0);
-        });
+        // Counted afresh: another tick may have started attempts while this one awaited the store.
+        const host = receiverOf(d.url);
+        const busy = (this.holders().get(host) ?? 0) >= this.perReceiver;
+        if (this.inFlight.has(d.id) || busy || this.inFlight.size >= this.slots) {
+          unused.push(d.id);
+          continue;
+        }
+        this.inFlight.set(d.id, host);
+        this.deliver(d)
+          .catch((err) => this.opts.logger.error({ err, delivery_id: d.id }, 'recording a callback attempt failed'))
+          .finally(() => {
+            this.inFlight.delete(d.id);
+            this.schedule(0);
+          });
       }
+      // A store that claims rows (Postgres) gets back the ones left for a busy receiver, so they are not
+      // held back for the claim period.
+      if (unused.length) await this.opts.store.releaseDeliveries?.(unused.filter((id) => !this.inFlight.has(id)));
     }
     const next = await this.opts.store.nextDueAt();
     if (next !== null) this.schedule(Math.max(50, Math.min(next - Date.now(), 60_000)));
@@ -75,11 +107,18 @@ export class CallbackDeliverer {
     const log = this.opts.logger.child({ run_id: d.run_id, delivery_id: d.id });
     let error: string | null = null;
     let dispatcher: Agent | undefined;
+    // One deadline for the whole attempt (name check, connect, sending, the answer's headers): undici's own
+    // timeouts only bound the gap between two reads, so a receiver dripping a byte at a time would
+    // otherwise hold its slot for as long as it kept dripping.
+    const deadline = AbortSignal.timeout(this.opts.timeoutMs);
     try {
       const url = new URL(d.url);
       // Pinned to the checked address: checking the name and then connecting by name would let a
       // rebinding DNS answer turn a callback into a request to a private address.
-      dispatcher = await guardedAgent(url, 'callback_url', this.opts.allowlist);
+      const agent = guardedAgent(url, 'callback_url', this.opts.allowlist, { connectTimeoutMs: this.opts.timeoutMs });
+      // An agent that arrives after the deadline was never used: close it.
+      agent.then((a) => void (deadline.aborted && a.destroy().catch(() => {})), () => {});
+      dispatcher = await untilAborted(agent, deadline);
       const res = await request(url, {
         dispatcher,
         method: 'POST',
@@ -91,13 +130,16 @@ export class CallbackDeliverer {
           'runflow-event': d.event,
           'runflow-delivery': String(d.id),
         },
+        signal: deadline,
         headersTimeout: this.opts.timeoutMs,
         bodyTimeout: this.opts.timeoutMs,
       });
-      await res.body.dump();
+      // The status is the whole answer: the body is dropped unread (with its connection), so a receiver that
+      // drips its body after the status cannot hold the slot past its headers.
+      res.body.on('error', () => {}).destroy();
       if (res.statusCode < 200 || res.statusCode >= 300) error = `receiver answered HTTP ${res.statusCode}`;
     } catch (err) {
-      error = (err as Error).message;
+      error = deadline.aborted ? `no complete answer within ${this.opts.timeoutMs} ms` : (err as Error).message;
     } finally {
       dispatcher?.destroy().catch(() => {});
     }
@@ -112,4 +154,23 @@ export class CallbackDeliverer {
     log.warn({ attempts: failures, error, give_up: giveUp }, 'callback delivery failed');
     await this.opts.store.recordAttempt(d.id, { delivered: false, next_attempt_at: next, error });
   }
+}
+
+/** `work`, or a rejection as soon as `signal` aborts (the work itself is left to finish on its own). */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
 }

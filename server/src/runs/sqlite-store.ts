@@ -2,6 +2,7 @@
 import Database from 'better-sqlite3';
 import type { Delivery, DeliveryStore, ListQuery, NewDelivery, RunStore } from './store.ts';
 import { RUN_STATUSES, type RunPatch, type RunRecord, type RunStatus } from './types.ts';
+import { asStorageWriteError, StorageWriteError, type WriteFailureListener } from '../storage/write-failure.ts';
 
 const MIGRATIONS: string[] = [
   `CREATE TABLE runs (
@@ -63,7 +64,10 @@ export class SqliteStore implements RunStore, DeliveryStore {
   // one each call showed in the request profile.
   private readonly transitionStmts = new Map<string, Database.Statement>();
 
-  constructor(file: string) {
+  constructor(
+    file: string,
+    private readonly onWriteFailure?: WriteFailureListener,
+  ) {
     this.db = new Database(file);
     this.db.pragma('journal_mode = WAL');
     // NORMAL in WAL mode survives a process crash (kill -9); only an OS crash can lose the last commits.
@@ -116,7 +120,18 @@ export class SqliteStore implements RunStore, DeliveryStore {
   async insert(run: RunRecord): Promise<void> {
     const params: Row = {};
     for (const c of this.stmts.cols) params[c] = toColumn(c, (run as unknown as Row)[c]);
-    this.stmts.insert.run(params);
+    this.write('run record', () => this.stmts.insert.run(params));
+  }
+
+  /** Runs a write; a full or failing database becomes a StorageWriteError naming `what` (SQLite has rolled it back). */
+  private write<T>(what: string, fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      const failure = asStorageWriteError(what, 'runs', err);
+      if (failure instanceof StorageWriteError) this.onWriteFailure?.(failure);
+      throw failure;
+    }
   }
 
   async get(id: string): Promise<RunRecord | null> {
@@ -151,11 +166,13 @@ export class SqliteStore implements RunStore, DeliveryStore {
     for (const k of keys) params[k] = toColumn(k, (patch as Row)[k]);
     from.forEach((s, i) => (params[`f${i}`] = s));
     const sql = `UPDATE runs SET ${sets} WHERE id = @id AND status IN (${from.map((_, i) => '@f' + i).join(',')}) RETURNING *`;
-    const run = this.db.transaction(() => {
-      const row = this.transitionStatement(sql).get(params) as Row | undefined;
-      if (row && delivery) this.stmts.addDelivery.run({ ...delivery, now: Date.now() });
-      return row;
-    })();
+    const run = this.write(`run status (${patch.status})`, () =>
+      this.db.transaction(() => {
+        const row = this.transitionStatement(sql).get(params) as Row | undefined;
+        if (row && delivery) this.stmts.addDelivery.run({ ...delivery, now: Date.now() });
+        return row;
+      })(),
+    );
     return run ? toRecord(run) : null;
   }
 
@@ -166,7 +183,7 @@ export class SqliteStore implements RunStore, DeliveryStore {
   }
 
   async claimNext(): Promise<RunRecord | null> {
-    const row = this.stmts.claim.get() as Row | undefined;
+    const row = this.write('run status (dispatching)', () => this.stmts.claim.get()) as Row | undefined;
     return row ? toRecord(row) : null;
   }
 
@@ -180,8 +197,11 @@ export class SqliteStore implements RunStore, DeliveryStore {
     return out;
   }
 
-  async dueDeliveries(now: number, limit: number): Promise<Delivery[]> {
-    return this.stmts.due.all(now, limit) as Delivery[];
+  async dueDeliveries(now: number, limit: number, skipUrlPatterns: string[] = []): Promise<Delivery[]> {
+    if (!skipUrlPatterns.length) return this.stmts.due.all(now, limit) as Delivery[];
+    const skip = skipUrlPatterns.map(() => `AND lower(url) NOT LIKE ? ESCAPE '\\'`).join(' ');
+    const sql = `SELECT * FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ? ${skip} ORDER BY next_attempt_at LIMIT ?`;
+    return this.db.prepare(sql).all(now, ...skipUrlPatterns, limit) as Delivery[];
   }
 
   async nextDueAt(): Promise<number | null> {
@@ -190,7 +210,7 @@ export class SqliteStore implements RunStore, DeliveryStore {
 
   async recordAttempt(id: number, r: { delivered: boolean; next_attempt_at: number | null; error: string | null }): Promise<void> {
     const state = r.delivered ? 'delivered' : r.next_attempt_at === null ? 'failed' : 'pending';
-    this.stmts.attempt.run({ id, state, next: r.next_attempt_at ?? 0, error: r.error });
+    this.write('callback delivery', () => this.stmts.attempt.run({ id, state, next: r.next_attempt_at ?? 0, error: r.error }));
   }
 
   async getDeliveries(runId: string): Promise<Delivery[]> {

@@ -43,7 +43,13 @@ export interface RunStore {
 }
 
 export interface DeliveryStore {
-  dueDeliveries(now: number, limit: number): Promise<Delivery[]>;
+  /**
+   * Pending deliveries due by `now`, oldest first. `skipUrlPatterns` (lower-cased SQL LIKE patterns, `\`
+   * escapes) leaves out receivers that already hold their share of delivery slots.
+   */
+  dueDeliveries(now: number, limit: number, skipUrlPatterns?: string[]): Promise<Delivery[]>;
+  /** Gives back deliveries taken by dueDeliveries but not attempted, so they are due again at once. */
+  releaseDeliveries?(ids: number[]): Promise<void>;
   nextDueAt(): Promise<number | null>;
   recordAttempt(id: number, result: { delivered: boolean; next_attempt_at: number | null; error: string | null }): Promise<void>;
   getDeliveries(runId: string): Promise<Delivery[]>;

@@ -4,7 +4,10 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { assertSafeKey, type ObjectStore } from './object-store.ts';
+import { assertSafeKey, type ObjectStore, type StoredKey } from './object-store.ts';
+import { StorageWriteError, type WriteFailureListener } from './write-failure.ts';
+
+const TEMP_SUFFIX = /\.[0-9a-f]{12}\.tmp$/;
 
 export class DiskStore implements ObjectStore {
   /**
@@ -15,6 +18,7 @@ export class DiskStore implements ObjectStore {
   constructor(
     readonly root: string,
     private readonly durable = false,
+    private readonly onWriteFailure?: WriteFailureListener,
   ) {
     fs.mkdirSync(root, { recursive: true });
   }
@@ -31,16 +35,25 @@ export class DiskStore implements ObjectStore {
    */
   async put(key: string, bytes: Buffer): Promise<void> {
     const file = this.localPath(key);
-    fs.mkdirSync(path.dirname(file), { recursive: true });
     const tmp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
-    const fd = fs.openSync(tmp, 'w');
     try {
-      fs.writeSync(fd, bytes);
-      if (this.durable) fs.fdatasyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      const fd = fs.openSync(tmp, 'w');
+      try {
+        fs.writeSync(fd, bytes);
+        if (this.durable) fs.fdatasyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      fs.renameSync(tmp, file);
+    } catch (err) {
+      // A full disk fails mid-write: drop the partial temp file at once so it frees its space (the sweeper
+      // removes any that a crash left behind).
+      fs.rmSync(tmp, { force: true });
+      const failure = new StorageWriteError(key, 'objects', err);
+      this.onWriteFailure?.(failure);
+      throw failure;
     }
-    fs.renameSync(tmp, file);
   }
 
   get(key: string): Promise<Buffer> {
@@ -60,5 +73,46 @@ export class DiskStore implements ObjectStore {
 
   async delete(key: string): Promise<void> {
     await fsp.rm(this.localPath(key), { force: true });
+  }
+
+  async *list(prefix: string): AsyncIterable<StoredKey> {
+    for (const { file, mtimeMs } of walk(this.localPath(prefix))) {
+      if (TEMP_SUFFIX.test(file)) continue;
+      yield { key: path.relative(this.root, file).split(path.sep).join('/'), modifiedAt: mtimeMs };
+    }
+  }
+
+  async removeTemporary(before: number): Promise<number> {
+    let n = 0;
+    for (const { file, mtimeMs } of walk(this.root)) {
+      if (!TEMP_SUFFIX.test(file) || mtimeMs >= before) continue;
+      fs.rmSync(file, { force: true });
+      n++;
+      // A run folder that held only the leftover is empty now; rmdir refuses (rightly) if it is not.
+      try {
+        if (path.dirname(file) !== this.root) fs.rmdirSync(path.dirname(file));
+      } catch {
+        // not empty: the folder belongs to a run that still has objects
+      }
+    }
+    return n;
+  }
+}
+
+/** Every file under `dir` (none if it does not exist), depth first; a folder removed mid-walk is skipped. */
+function* walk(dir: string): Generator<{ file: string; mtimeMs: number }> {
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    const full = path.join(dir, e.name);
+    if (e.isDirectory()) yield* walk(full);
+    else if (e.isFile()) {
+      const st = fs.statSync(full, { throwIfNoEntry: false });
+      if (st) yield { file: full, mtimeMs: st.mtimeMs };
+    }
   }
 }

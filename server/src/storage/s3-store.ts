@@ -6,12 +6,14 @@ import {
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
-import { assertSafeKey, type ObjectStore } from './object-store.ts';
+import { assertSafeKey, type ObjectStore, type StoredKey } from './object-store.ts';
+import { StorageWriteError, type WriteFailureListener } from './write-failure.ts';
 
 export interface S3StoreOptions {
   bucket: string;
@@ -19,12 +21,14 @@ export interface S3StoreOptions {
   prefix?: string;
   /** Extra client settings; region/credentials/endpoint otherwise come from the usual AWS_* environment. */
   client?: S3ClientConfig;
+  onWriteFailure?: WriteFailureListener;
 }
 
 export class S3Store implements ObjectStore {
   readonly client: S3Client;
   readonly bucket: string;
   private readonly prefix: string;
+  private readonly onWriteFailure?: WriteFailureListener;
 
   constructor(opts: S3StoreOptions) {
     const endpoint = process.env.AWS_ENDPOINT_URL_S3 || process.env.AWS_ENDPOINT_URL;
@@ -35,6 +39,7 @@ export class S3Store implements ObjectStore {
     });
     this.bucket = opts.bucket;
     this.prefix = opts.prefix ? opts.prefix.replace(/\/+$/, '') + '/' : '';
+    this.onWriteFailure = opts.onWriteFailure;
   }
 
   private key(key: string): string {
@@ -43,8 +48,29 @@ export class S3Store implements ObjectStore {
   }
 
   async put(key: string, bytes: Buffer): Promise<void> {
-    // A PUT is atomic in S3: readers see the old object or the new one, never part of it.
-    await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.key(key), Body: bytes, ContentLength: bytes.length }));
+    const Key = this.key(key);
+    try {
+      // A PUT is atomic in S3: readers see the old object or the new one, never part of it.
+      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: bytes, ContentLength: bytes.length }));
+    } catch (err) {
+      // Anything a PUT meets (quota, 5xx, an unreachable endpoint, denied access) is the storage refusing.
+      const failure = new StorageWriteError(key, 'objects', Object.assign(new Error((err as Error)?.message), { code: s3Code(err) }));
+      this.onWriteFailure?.(failure);
+      throw failure;
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<StoredKey> {
+    let token: string | undefined;
+    do {
+      const page = await this.client.send(
+        new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.key(prefix) + '/', ContinuationToken: token }),
+      );
+      for (const o of page.Contents ?? []) {
+        if (o.Key) yield { key: o.Key.slice(this.prefix.length), modifiedAt: o.LastModified?.getTime() ?? 0 };
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
   }
 
   async get(key: string): Promise<Buffer> {
@@ -92,4 +118,11 @@ export class S3Store implements ObjectStore {
 function isNotFound(err: unknown): boolean {
   const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
   return e.name === 'NoSuchKey' || e.name === 'NotFound' || e.$metadata?.httpStatusCode === 404;
+}
+
+/** S3 names its error; a full bucket quota (MinIO's XMinioStorageFull, a provider's QuotaExceeded) reads as full. */
+function s3Code(err: unknown): string {
+  const e = err as { name?: string; code?: string } | null;
+  const name = e?.code ?? e?.name ?? 'S3Error';
+  return /StorageFull|QuotaExceeded|InsufficientStorage/i.test(name) ? 'ENOSPC' : name;
 }
