@@ -5,6 +5,7 @@ import pg from 'pg';
 import { MIGRATIONS } from './postgres-migrations.ts';
 import type { Delivery, DeliveryStore, ListQuery, NewDelivery, RunStore } from './store.ts';
 import { RUN_STATUSES, type RunPatch, type RunRecord, type RunStatus } from './types.ts';
+import { asStorageWriteError, StorageWriteError, type WriteFailureListener } from '../storage/write-failure.ts';
 
 const JSON_COLUMNS = new Set(['input', 'output', 'metadata']);
 const PATCHABLE = [
@@ -48,6 +49,7 @@ export interface PostgresStoreOptions {
   /** The api role decides a new run's region before the insert (see cluster/placement.ts). */
   regionOf?: (runId: string) => string | null;
   max?: number;
+  onWriteFailure?: WriteFailureListener;
 }
 
 export class PostgresStore implements RunStore, DeliveryStore {
@@ -93,10 +95,23 @@ export class PostgresStore implements RunStore, DeliveryStore {
   async insert(run: RunRecord): Promise<void> {
     const values = COLUMNS.map((c) => toColumn(c, (run as unknown as Row)[c]));
     const region = this.opts.regionOf?.(run.id) ?? null;
-    await this.pool.query(
-      `INSERT INTO runs (${COLUMNS.join(',')}, region) VALUES (${COLUMNS.map((_, i) => `$${i + 1}`).join(',')}, $${COLUMNS.length + 1})`,
-      [...values, region],
+    await this.write('run record', () =>
+      this.pool.query(
+        `INSERT INTO runs (${COLUMNS.join(',')}, region) VALUES (${COLUMNS.map((_, i) => `$${i + 1}`).join(',')}, $${COLUMNS.length + 1})`,
+        [...values, region],
+      ),
     );
+  }
+
+  /** Runs a write; a full, read-only or unreachable database becomes a StorageWriteError naming `what`. */
+  private async write<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      const failure = asStorageWriteError(what, 'runs', err);
+      if (failure instanceof StorageWriteError) this.opts.onWriteFailure?.(failure);
+      throw failure;
+    }
   }
 
   async get(id: string): Promise<ClusterRun | null> {
@@ -124,8 +139,19 @@ export class PostgresStore implements RunStore, DeliveryStore {
     return this.transitionGuarded(id, from, patch, delivery, null);
   }
 
+  /** As transitionGuarded; a refused write is a StorageWriteError (the transaction was rolled back). */
+  transitionGuarded(
+    id: string,
+    from: RunStatus[],
+    patch: RunPatch & { status: RunStatus },
+    delivery: NewDelivery | undefined,
+    leaseToken: string | null,
+  ): Promise<ClusterRun | null> {
+    return this.write(`run status (${patch.status})`, () => this.applyTransition(id, from, patch, delivery, leaseToken));
+  }
+
   /** As transition, but only while `leaseToken` still holds the run: a worker that lost its lease loses the write. */
-  async transitionGuarded(
+  private async applyTransition(
     id: string,
     from: RunStatus[],
     patch: RunPatch & { status: RunStatus },
@@ -168,11 +194,11 @@ export class PostgresStore implements RunStore, DeliveryStore {
   }
 
   async claimNext(): Promise<RunRecord | null> {
-    const { rows } = await this.pool.query(
+    const { rows } = await this.write('run status (dispatching)', () => this.pool.query(
       `UPDATE runs SET status = 'dispatching'
         WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
         RETURNING *`,
-    );
+    ));
     return rows[0] ? toRecord(rows[0]) : null;
   }
 
@@ -299,15 +325,21 @@ export class PostgresStore implements RunStore, DeliveryStore {
   // ---- callback outbox ---------------------------------------------------------------------------------
 
   /** Claims due deliveries, so two replicas never POST the same callback attempt at once. */
-  async dueDeliveries(now: number, limit: number): Promise<Delivery[]> {
+  async dueDeliveries(now: number, limit: number, skipUrlPatterns: string[] = []): Promise<Delivery[]> {
+    const skip = skipUrlPatterns.length ? `AND NOT (lower(url) LIKE ANY($3))` : '';
     const { rows } = await this.pool.query(
       `UPDATE deliveries SET next_attempt_at = $1 + ${DELIVERY_CLAIM_MS}
-        WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1
+        WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1 ${skip}
                       ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
         RETURNING *`,
-      [now, limit],
+      skipUrlPatterns.length ? [now, limit, skipUrlPatterns] : [now, limit],
     );
     return rows.map((r) => ({ ...r, id: Number(r.id) })) as Delivery[];
+  }
+
+  async releaseDeliveries(ids: number[]): Promise<void> {
+    if (!ids.length) return;
+    await this.pool.query(`UPDATE deliveries SET next_attempt_at = $2 WHERE id = ANY($1) AND state = 'pending'`, [ids, Date.now()]);
   }
 
   async nextDueAt(): Promise<number | null> {
@@ -317,9 +349,10 @@ export class PostgresStore implements RunStore, DeliveryStore {
 
   async recordAttempt(id: number, r: { delivered: boolean; next_attempt_at: number | null; error: string | null }): Promise<void> {
     const state = r.delivered ? 'delivered' : r.next_attempt_at === null ? 'failed' : 'pending';
-    await this.pool.query(
-      'UPDATE deliveries SET attempts = attempts + 1, state = $2, next_attempt_at = $3, last_error = $4 WHERE id = $1',
-      [id, state, r.next_attempt_at ?? 0, r.error],
+    await this.write('callback delivery', () =>
+      this.pool.query('UPDATE deliveries SET attempts = attempts + 1, state = $2, next_attempt_at = $3, last_error = $4 WHERE id = $1', [
+        id, state, r.next_attempt_at ?? 0, r.error,
+      ]),
     );
   }
 
