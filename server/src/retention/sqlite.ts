@@ -42,6 +42,12 @@ export class SqliteRetentionStore implements RetentionStore {
     return rows.map(toRecord);
   }
 
+  async existingRuns(runIds: string[]): Promise<Set<string>> {
+    if (!runIds.length) return new Set();
+    const rows = this.db.prepare(`SELECT id FROM runs WHERE id IN (${runIds.map(() => '?').join(',')})`).all(...runIds) as { id: string }[];
+    return new Set(rows.map((r) => r.id));
+  }
+
   async deleteRecord(runId: string): Promise<boolean> {
     return this.db.transaction(() => {
       const gone = this.db.prepare(`DELETE FROM runs WHERE id = ? AND status IN (${TERMINAL_SQL})`).run(runId).changes > 0;

@@ -10,4 +10,6 @@ export interface RetentionStore {
   expiredRecords(before: number, limit: number): Promise<RunRecord[]>;
   /** Deletes a terminal run's record and its settled deliveries; false if the run is not terminal (or gone). */
   deleteRecord(runId: string): Promise<boolean>;
+  /** Which of `runIds` still have a run record (in any status). */
+  existingRuns(runIds: string[]): Promise<Set<string>>;
 }

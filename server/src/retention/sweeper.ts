@@ -1,6 +1,9 @@
 // Retention: outputs expire after `outputTtlMs`, run records after `recordTtlMs`, and failed or canceled
 // runs keep no files at all. Only terminal runs are touched, so a sweep can run at any time next to runs
-// in flight; every step is idempotent, so an interrupted sweep just resumes on the next tick.
+// in flight; every step is idempotent, so an interrupted sweep just resumes on the next tick. Files no run
+// owns (a create whose record could not be written, a write cut short by a full disk) are removed once
+// they are older than `orphanGraceMs`, which outlasts any write still on its way to its run record.
+import fsp from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { IdempotencyStore } from '../idempotency/store.ts';
 import type { RunEventBus } from '../runs/events.ts';
@@ -19,9 +22,21 @@ export interface SweeperDeps {
   recordTtlMs: number;
   idempotencyWindowMs: number;
   intervalMs: number;
+  /** Temp files and files of runs with no record are removed once older than this (default 15 min). */
+  orphanGraceMs?: number;
 }
 
 const BATCH = 200;
+const ORPHAN_GRACE_MS = 15 * 60_000;
+/** Object prefixes laid out as `<prefix>/<run id>/...`. */
+const RUN_PREFIXES = ['inputs', 'outputs'];
+
+export interface SweepResult {
+  erased: number;
+  deleted: number;
+  /** Temp files and files of runs without a record that were removed. */
+  orphans: number;
+}
 
 export class RetentionSweeper {
   private timer: NodeJS.Timeout | null = null;
@@ -50,9 +65,9 @@ export class RetentionSweeper {
   }
 
   /** One pass; concurrent callers share it. */
-  sweep(now = Date.now()): Promise<{ erased: number; deleted: number }> {
+  sweep(now = Date.now()): Promise<SweepResult> {
     this.running ??= this.pass(now).finally(() => (this.running = null));
-    return this.running as Promise<{ erased: number; deleted: number }>;
+    return this.running as Promise<SweepResult>;
   }
 
   /** Erases a terminal run's objects and its record (retention, and DELETE /v1/runs/{id}). */
@@ -67,7 +82,7 @@ export class RetentionSweeper {
     await this.deps.store.markErased(run.id, Date.now());
   }
 
-  private async pass(now: number): Promise<{ erased: number; deleted: number }> {
+  private async pass(now: number): Promise<SweepResult> {
     const { store, outputTtlMs, recordTtlMs } = this.deps;
     let erased = 0;
     let deleted = 0;
@@ -90,7 +105,43 @@ export class RetentionSweeper {
       if (n === 0) break;
     }
     await this.deps.idempotency.purge(now - this.deps.idempotencyWindowMs);
-    if (erased || deleted) this.deps.logger.info({ erased, deleted }, 'retention sweep');
-    return { erased, deleted };
+    const orphans = await this.removeOrphans(now - (this.deps.orphanGraceMs ?? ORPHAN_GRACE_MS));
+    if (erased || deleted || orphans) this.deps.logger.info({ erased, deleted, orphans }, 'retention sweep');
+    return { erased, deleted, orphans };
+  }
+
+  /** Removes temp files and the files of runs that have no record, all older than `before`. */
+  private async removeOrphans(before: number): Promise<number> {
+    const { objects, store } = this.deps;
+    let removed = (await objects.removeTemporary?.(before)) ?? 0;
+    if (!objects.list) return removed;
+    for (const prefix of RUN_PREFIXES) {
+      // Keys arrive grouped by run folder; runs are checked against the store a batch at a time.
+      let batch = new Map<string, { keys: string[]; newest: number }>();
+      const flush = async () => {
+        const owned = await store.existingRuns([...batch.keys()]);
+        for (const [runId, { keys, newest }] of batch) {
+          if (owned.has(runId) || newest >= before) continue;
+          await Promise.all(keys.map((k) => objects.delete(k)));
+          if (objects.localPath) await fsp.rmdir(objects.localPath(`${prefix}/${runId}`)).catch(() => {});
+          removed += keys.length;
+        }
+        batch = new Map();
+      };
+      for await (const { key, modifiedAt } of objects.list(prefix)) {
+        const runId = key.split('/')[1];
+        if (!runId) continue;
+        const group = batch.get(runId);
+        if (group) {
+          group.keys.push(key);
+          group.newest = Math.max(group.newest, modifiedAt);
+        } else {
+          if (batch.size >= BATCH) await flush();
+          batch.set(runId, { keys: [key], newest: modifiedAt });
+        }
+      }
+      await flush();
+    }
+    return removed;
   }
 }
