@@ -1,0 +1,190 @@
+"""Per-row LoRA deltas for one batch: rows may use different adapters, several at once, or none.
+
+For each targeted Linear, a forward hook adds `up_row @ down_row @ x_row` to every row's output, with the row's
+adapters concatenated along the rank (so a request with two adapters is one low-rank product of rank r1 + r2, its
+scales folded into `up`). The per-row matrices are gathered once per batch from the distinct adapter combinations
+by a row -> combination index, then used by two batched matmuls per layer and step, as multi-LoRA LLM servers do
+(punica / S-LoRA). Rows without an adapter get zero matrices, so their output is the base output plus exact zeros.
+When every row uses the same combination, the hook uses plain matmuls with the shared matrices instead.
+
+No base weight is touched and nothing is rebuilt per adapter: switching adapters swaps the tensors the hooks read.
+A batch in which no row has an adapter installs no hook at all: its computation is the engine's without LoRA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import EngineError
+from .adapter import Adapter
+from .formats import Delta
+
+RowLoras = list[tuple[Adapter, float]]  # one request's adapters and their scales
+
+
+@dataclass
+class _Weights:
+    down_t: torch.Tensor  # [in, R] shared, or [B, in, R] per row
+    up_t: torch.Tensor  # [R, out] shared, or [B, R, out] per row
+    per_row: bool
+
+
+class _Plan:
+    def __init__(self, weights: dict[str, _Weights], rows: int):
+        self.weights = weights
+        self.rows = rows
+        self.call_rows: tuple[int, ...] | None = None  # batch row of each transformer-call row, when they differ
+        self._gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def keep(self, idx: torch.Tensor) -> None:
+        for w in self.weights.values():
+            if w.per_row:
+                w.down_t, w.up_t = w.down_t.index_select(0, idx), w.up_t.index_select(0, idx)
+        self.rows = int(idx.numel())
+        self.call_rows = None
+        self._gathered.clear()
+
+    def map_rows(self, call_rows: list[int]) -> None:
+        rows = tuple(call_rows)
+        rows = None if rows == tuple(range(self.rows)) else rows
+        if rows != self.call_rows:
+            self.call_rows = rows
+            self._gathered.clear()
+
+    def per_row(self, name: str, w: _Weights, batch: int):
+        if self.call_rows is None and batch == self.rows:
+            return w.down_t, w.up_t
+        if self.call_rows is None or len(self.call_rows) != batch:
+            raise RuntimeError(f"LoRA layer {name} saw a batch of {batch} rows; the plan has {self.rows} "
+                               f"(call rows {self.call_rows})")
+        # e.g. classifier-free guidance appends unconditional rows: each uses its request's adapters
+        if name not in self._gathered:
+            idx = torch.tensor(self.call_rows, dtype=torch.long, device=w.down_t.device)
+            self._gathered[name] = (w.down_t.index_select(0, idx), w.up_t.index_select(0, idx))
+        return self._gathered[name]
+
+
+def _combined(deltas: list[tuple[Delta, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Several adapters on one layer as one low-rank product: down stacked on rank, up (scaled) side by side."""
+    down = torch.cat([d.down for d, _ in deltas]) if len(deltas) > 1 else deltas[0][0].down
+    up = torch.cat([d.up * (d.scale * s) for d, s in deltas], dim=1)
+    return down, up
+
+
+class RowLora:
+    """Owned by the engine; `active(rows)` wraps a batch's denoise, `keep(idx)` follows rows dropped mid-batch."""
+
+    def __init__(self, transformer, store, rank_multiple: int = 1):
+        self.transformer = transformer
+        self.store = store
+        self.rank_multiple = max(1, rank_multiple)  # pad ranks so compiled graphs see few distinct shapes
+        self._plan: _Plan | None = None
+        self._hooks: dict[str, object] = {}  # one hook function per layer, reused across batches
+
+    # -- planning ---------------------------------------------------------------------------------------------
+    def plan(self, rows: list[RowLoras]) -> _Plan | None:
+        combos: dict[tuple, RowLoras] = {}
+        row_combo = []
+        for loras in rows:
+            key = tuple((a.sha256, s) for a, s in loras) if loras else None
+            if key is not None:
+                combos.setdefault(key, loras)
+            row_combo.append(key)
+        if not combos:
+            return None
+        on_device = {}
+        for loras in combos.values():
+            for a, _ in loras:
+                if a.sha256 not in on_device:
+                    on_device[a.sha256] = self.store.on_model_device(a)
+        layers = sorted({name for mods in on_device.values() for name in mods})
+        self._check_layers(layers)
+        uniform = len(combos) == 1 and None not in row_combo
+        order = list(combos)
+        slot = [order.index(k) if k is not None else len(order) for k in row_combo]  # len(order) = the zero slot
+        slot_t = None
+        weights = {}
+        for name in layers:
+            parts = {}
+            for key, loras in combos.items():
+                deltas = [(on_device[a.sha256][name], s) for a, s in loras if name in on_device[a.sha256]]
+                if deltas:
+                    parts[key] = _combined(deltas)
+            if uniform:
+                down, up = parts[order[0]]
+                weights[name] = _Weights(down.t().contiguous(), up.t().contiguous(), per_row=False)
+                continue
+            some = next(iter(parts.values()))
+            in_f, out_f = some[0].shape[1], some[1].shape[0]
+            rank = max(d.shape[0] for d, _ in parts.values())
+            rank = -(-rank // self.rank_multiple) * self.rank_multiple
+            like = some[0]
+            down_s = torch.zeros(len(order) + 1, in_f, rank, dtype=like.dtype, device=like.device)
+            up_s = torch.zeros(len(order) + 1, rank, out_f, dtype=like.dtype, device=like.device)
+            for i, key in enumerate(order):
+                if key in parts:
+                    d, u = parts[key]
+                    down_s[i, :, : d.shape[0]] = d.t()
+                    up_s[i, : d.shape[0]] = u.t()
+            if slot_t is None:
+                slot_t = torch.tensor(slot, dtype=torch.long, device=like.device)
+            weights[name] = _Weights(down_s.index_select(0, slot_t), up_s.index_select(0, slot_t), per_row=True)
+        return _Plan(weights, len(rows))
+
+    def _check_layers(self, layers: list[str]) -> None:
+        for name in layers:
+            parent = self.transformer.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
+            if getattr(parent, "fused_projections", False) and name.rsplit(".", 1)[-1] in (
+                    "to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+                raise EngineError(f"LoRA on {name}: the attention's q/k/v projections are fused in this engine build, "
+                                  "so per-projection adapters cannot be applied")
+
+    # -- applying ---------------------------------------------------------------------------------------------
+    def _hook(self, name: str):
+        fn = self._hooks.get(name)
+        if fn is None:
+            def fn(module, args, output, name=name):
+                plan = self._plan
+                w = plan.weights[name]
+                x = args[0]
+                if x.dtype != w.down_t.dtype:
+                    x = x.to(w.down_t.dtype)
+                if w.per_row:
+                    down_t, up_t = plan.per_row(name, w, x.shape[0])
+                    x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+                    delta = torch.bmm(torch.bmm(x3, down_t), up_t)
+                else:
+                    delta = (x @ w.down_t) @ w.up_t
+                return output + delta.reshape(output.shape).to(output.dtype)
+
+            self._hooks[name] = fn
+        return fn
+
+    @contextlib.contextmanager
+    def active(self, rows: list[RowLoras]):
+        """Adds each row's adapters to the transformer for the duration of the block; nothing when no row has one."""
+        plan = self.plan(rows) if any(rows) else None
+        if plan is None:
+            yield
+            return
+        handles = [self.transformer.get_submodule(name).register_forward_hook(self._hook(name)) for name in plan.weights]
+        self._plan = plan
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            self._plan = None
+
+    def keep(self, idx: torch.Tensor) -> None:
+        """The batch dropped rows (canceled requests): keep the same rows of the per-row matrices."""
+        if self._plan is not None:
+            self._plan.keep(idx)
+
+    def map_rows(self, call_rows: list[int]) -> None:
+        """The next transformer calls carry these batch rows (a row may appear twice, e.g. for guidance)."""
+        if self._plan is not None:
+            self._plan.map_rows(call_rows)
