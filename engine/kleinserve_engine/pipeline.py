@@ -21,6 +21,8 @@ from .errors import Canceled, EngineError, OutOfMemory, internal_error
 from .fastpath import Denoiser, FastPathOptions, attention_context, prepare
 from .guidance import GuidancePlan, uses_cfg
 from .loading import LoadedModel
+from .lora.rows import RowLora
+from .lora.store import AdapterStore, LoraOptions
 from .metrics import Metrics
 from .preprocess import Reference, to_tensor
 from .sampling import euler, sigmas, timestep
@@ -48,6 +50,7 @@ class Job:
     canceled: bool = False
     enqueued_at: float = field(default_factory=time.perf_counter)
     context: object = None  # the server's handle for answering this job
+    loras: list = field(default_factory=list)  # [(lora.adapter.Adapter, scale)]: any mix shares a batch
 
     def batch_key(self) -> tuple:
         # guidance is per row (guidance.py), so guided and unguided requests share a batch
@@ -79,6 +82,7 @@ class EngineOptions:
     fastpath: FastPathOptions | None = None
     # Test hook: a prompt that makes the denoise stage raise torch.OutOfMemoryError, to prove isolation.
     oom_prompt: str | None = None
+    lora: LoraOptions | None = None
     safety: object = None  # safety.SafetyChecker run on every output image, or None
 
 
@@ -97,6 +101,8 @@ class Engine:
         fp = self.options.fastpath or FastPathOptions.for_device(model.device.type)
         self.fastpath = fp
         self.denoiser: Denoiser = prepare(model, fp)
+        self.adapters = AdapterStore(model.transformer, model.dtype, model.device, self.options.lora, self.metrics.registry)
+        self.lora = RowLora(model.transformer, self.adapters, rank_multiple=16 if fp.compile else 1)
 
     # -- stages ---------------------------------------------------------------------------------------------
     def _cached(self, cache: ByteLRU, key):
@@ -212,7 +218,8 @@ class Engine:
             if self.options.oom_prompt is not None and any(jobs[k].prompt == self.options.oom_prompt for k in live):
                 raise torch.OutOfMemoryError("simulated out-of-memory (test hook)")
 
-            x, rows, text, refs, denoise_end = self._denoise(jobs, rows, x, text, refs, img_ids, txt_ids, sig, n_noisy, t_vae, guidance)
+            with self.lora.active([jobs[k].loras for k, _ in rows]):
+                x, rows, text, refs, denoise_end = self._denoise(jobs, rows, x, text, refs, img_ids, txt_ids, sig, n_noisy, t_vae, guidance)
             for k in {k for k, _ in rows} ^ set(live):
                 results[k] = Canceled("canceled while running")
             if not rows:
@@ -283,9 +290,11 @@ class Engine:
                     if not rows:
                         break
                     x, text = x.index_select(0, idx), text.index_select(0, idx)
+                    self.lora.keep(idx)
                     guidance = guidance.select(keep)
                     refs = refs.index_select(0, idx) if refs is not None else None
                 hidden = x if refs is None else torch.cat([x, refs], dim=1)
+                self.lora.map_rows(guidance.denoiser_rows(x.shape[0]))
                 v = guidance.velocity(self.denoiser, hidden.to(self.model.dtype), text, timestep(sig[i], x.shape[0], x.dtype),
                                       img_ids, txt_ids, n_noisy)
                 x = euler(x, v, sig[i], sig[i + 1])
