@@ -4,6 +4,8 @@
 import type { Logger } from 'pino';
 import type { RunEventBus } from './events.ts';
 import type { NewDelivery, RunStore } from './store.ts';
+import { StorageWriteError } from '../storage/write-failure.ts';
+import { UnrecordedTransitions } from './unrecorded-transitions.ts';
 import { type RunPatch, type RunRecord, type RunStatus, type StoredOutput } from './types.ts';
 
 export type FailureStage = 'validation' | 'preprocess' | 'dispatch' | 'inference' | 'postprocess';
@@ -19,11 +21,16 @@ const ACTIVE: RunStatus[] = ['dispatching', 'running'];
 const NOT_TERMINAL: RunStatus[] = ['queued', 'dispatching', 'running'];
 
 export class RunLifecycle {
+  /** Ends, requeues and cancels the store refused, retried until they are recorded. */
+  readonly unrecorded: UnrecordedTransitions;
+
   constructor(
     readonly store: RunStore,
     readonly bus: RunEventBus,
     private readonly opts: LifecycleOptions,
-  ) {}
+  ) {
+    this.unrecorded = new UnrecordedTransitions(store, (run) => this.publish(run), opts.logger);
+  }
 
   async create(run: RunRecord): Promise<RunRecord> {
     await this.store.insert(run);
@@ -68,12 +75,12 @@ export class RunLifecycle {
       return this.fail({ ...run, attempts }, code, `${reason}; gave up after ${attempts} attempts`, 'inference');
     }
     this.opts.logger.warn({ run_id: run.id, attempts, reason }, 'requeueing run');
-    return this.publish(await this.store.transition(run.id, ACTIVE, { status: 'queued', attempts, started_at: null }));
+    return this.record(run.id, ACTIVE, { status: 'queued', attempts, started_at: null });
   }
 
   /** Graceful shutdown: an in-flight run goes back to the queue without using up an attempt. */
   async release(run: RunRecord): Promise<RunRecord | null> {
-    return this.publish(await this.store.transition(run.id, ACTIVE, { status: 'queued', started_at: null }));
+    return this.record(run.id, ACTIVE, { status: 'queued', started_at: null });
   }
 
   /** After a restart: runs that were in flight when the previous process died go back to the queue. */
@@ -91,7 +98,17 @@ export class RunLifecycle {
       const { event, body } = this.opts.callbackBody({ ...run, ...full } as RunRecord);
       delivery = { run_id: run.id, url: run.callback_url, event, body };
     }
-    return this.publish(await this.store.transition(run.id, from, full, delivery));
+    return this.record(run.id, from, full, delivery);
+  }
+
+  /** A transition that, if storage refuses it, is held and retried until recorded (and still throws now). */
+  private async record(id: string, from: RunStatus[], patch: RunPatch & { status: RunStatus }, delivery?: NewDelivery): Promise<RunRecord | null> {
+    try {
+      return this.publish(await this.store.transition(id, from, patch, delivery));
+    } catch (err) {
+      if (err instanceof StorageWriteError) this.unrecorded.hold(id, from, patch, delivery);
+      throw err;
+    }
   }
 
   private publish(run: RunRecord | null): RunRecord | null {

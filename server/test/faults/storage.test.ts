@@ -10,6 +10,7 @@ import { SqliteIdempotencyStore } from '../../src/idempotency/sqlite.ts';
 import { SqliteRetentionStore } from '../../src/retention/sqlite.ts';
 import { RetentionSweeper } from '../../src/retention/sweeper.ts';
 import { RunEventBus } from '../../src/runs/events.ts';
+import { RunLifecycle } from '../../src/runs/lifecycle.ts';
 import { SqliteStore } from '../../src/runs/sqlite-store.ts';
 import type { RunRecord } from '../../src/runs/types.ts';
 import { DiskStore } from '../../src/storage/disk-store.ts';
@@ -90,6 +91,35 @@ describe.skipIf(!vol)('stores on a full disk', () => {
     await store.insert(run());
     await health.probe();
     expect(health.snapshot().writable).toBe(true);
+  });
+
+  it('a run whose final state cannot be written is recorded once writes work again, with its event', async () => {
+    const bus = new RunEventBus();
+    const life = new RunLifecycle(store, bus, { maxAttempts: 3, logger: silent });
+    const events: string[] = [];
+    bus.subscribe('*', (ev) => ev.type === 'status' && events.push(ev.run.status));
+    const r = run();
+    await life.create(r);
+    let claimed = (await life.claimNext())!;
+    while (claimed.id !== r.id) claimed = (await life.claimNext())!; // older queued runs of the test above
+    await life.markRunning(claimed);
+
+    v.fill();
+    const output = { images: [{ key: `outputs/${r.id}/x.jpg`, content_type: 'image/jpeg', width: 8, height: 8 }], seed: 1, timing: {} };
+    await expect(life.succeed(claimed, output)).rejects.toBeInstanceOf(StorageWriteError);
+    // The dispatcher's fallback (fail) is refused too; the first change held is the one kept.
+    await expect(life.fail(claimed, 'INTERNAL', 'x', 'dispatch')).rejects.toBeInstanceOf(StorageWriteError);
+    expect(life.unrecorded.size).toBe(1);
+    await new Promise((res) => setTimeout(res, 1500));
+    expect((await store.get(r.id))!.status).toBe('running');
+
+    v.free();
+    const t0 = Date.now();
+    while ((await store.get(r.id))!.status === 'running' && Date.now() - t0 < 5000) await new Promise((res) => setTimeout(res, 50));
+    expect((await store.get(r.id))!.status).toBe('succeeded');
+    expect(Date.now() - t0).toBeLessThan(2500);
+    expect(events.at(-1)).toBe('succeeded');
+    expect(life.unrecorded.size).toBe(0);
   });
 
   it('the sweeper removes old temp files and files of runs without a record, and nothing else', async () => {
