@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--safety-labels", default=None, metavar="REGEX",
                    help="classifier labels that count as unsafe (case-insensitive regex; default nsfw|unsafe|porn|hentai|sexy)")
     s.add_argument("--allow-safety-opt-out", action="store_true", help="let a request skip the checker with safety_checker:false")
+    s.add_argument("--lora-max-rank", type=int, default=128, help="largest LoRA rank accepted")
+    s.add_argument("--lora-max-mb", type=float, default=1024, help="largest LoRA file accepted")
+    s.add_argument("--lora-cache-mb", type=float, default=2048, help="host memory for converted adapters (LRU by content hash)")
+    s.add_argument("--lora-gpu-cache-mb", type=float, default=1024, help="GPU memory for adapters (LRU by content hash)")
     s.add_argument("--exit-with-stdin", action="store_true", help="exit when stdin closes (set by a supervising parent)")
     s.add_argument("--log-level", default=os.environ.get("KLEINSERVE_LOG_LEVEL", "INFO"))
 
@@ -116,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kleinserve-engine: {exc}", file=sys.stderr)
             return 1
     cfg.allow_safety_opt_out = args.allow_safety_opt_out
+    from .lora.spec import LoraOptions
+
+    cfg.lora = LoraOptions(max_rank=args.lora_max_rank, max_mb=args.lora_max_mb, host_cache_mb=args.lora_cache_mb,
+                           device_cache_mb=args.lora_gpu_cache_mb)
     try:
         return asyncio.run(serve(cfg))
     except ModelUnavailable as exc:

@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 
 from .errors import InvalidRequest, UnsupportedVersion
+from .lora.spec import parse_loras
 
 VERSION = 1
 MAX_HEADER = 1 << 20
@@ -84,10 +85,12 @@ def check_version(header: dict) -> None:
         raise UnsupportedVersion(f"protocol version {header.get('v')!r} is not supported; this engine speaks {VERSION}", "v")
 
 
-def error_header(id_, code: str, message: str, field: str | None = None) -> dict:
+def error_header(id_, code: str, message: str, field: str | None = None, reason: str | None = None) -> dict:
     err = {"code": code, "message": message}
     if field is not None:
         err["field"] = field
+    if reason is not None:
+        err["reason"] = reason
     return {"v": VERSION, "id": id_, "op": "error", "ok": False, "error": err}
 
 
@@ -139,6 +142,7 @@ class GenerateRequest:
     output_format: str
     output_quality: int
     progress: bool
+    loras: list = ()  # [lora.spec.LoraSpec]
 
 
 def parse_generate(h: dict, blobs: list[bytes], max_output_pixels: int, model=None,
@@ -185,8 +189,10 @@ def parse_generate(h: dict, blobs: list[bytes], max_output_pixels: int, model=No
     progress = h.get("progress", False)
     if not isinstance(progress, bool):
         raise InvalidRequest("progress: must be a boolean", "progress")
+    loras = parse_loras(h.get("loras"))
     return GenerateRequest(
         id=h["id"], prompt=prompt, images=images, blobs=blobs, seed=seed, steps=steps, guidance=guidance,
         negative_prompt=negative_prompt, safety_checker=safety_checker,
         width=width, height=height, num_images=num_images, output_format=fmt, output_quality=quality, progress=progress,
+        loras=loras,
     )

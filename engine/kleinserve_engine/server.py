@@ -20,6 +20,7 @@ from pathlib import Path
 from . import protocol
 from .batcher import Batcher
 from .errors import Canceled, EngineError, InvalidRequest, ModelUnavailable, NotReady, internal_error
+from .lora.spec import MAX_LORAS, LoraOptions
 from .metrics import Metrics
 from .preprocess import DEFAULT_MAX_REF_PIXELS, MAX_ASPECT, MIN_SIDE
 from .worker import Worker
@@ -49,6 +50,7 @@ class ServeConfig:
     oom_prompt: str | None = None
     threads: int = 0  # CPU intra-op threads; 0 = 1 on CPU (see cli.py), torch's default on CUDA
     exit_with_stdin: bool = False  # exit when stdin reaches EOF: the supervising parent died
+    lora: LoraOptions | None = None
     safety: object = None  # safety.SafetyOptions when --safety-checker is given
     allow_safety_opt_out: bool = False
 
@@ -80,7 +82,7 @@ class _Connection:
         self.writer.write(protocol.encode_frame(header, blobs))
 
     def send_error(self, id_, err: EngineError) -> None:
-        self.send(protocol.error_header(id_, err.code, err.message, err.field))
+        self.send(protocol.error_header(id_, err.code, err.message, err.field, getattr(err, "reason", None)))
 
 
 def limits(cfg: ServeConfig, facts=None) -> dict:
@@ -88,6 +90,7 @@ def limits(cfg: ServeConfig, facts=None) -> dict:
         "max_ref_pixels": cfg.max_ref_pixels, "min_side": MIN_SIDE, "max_aspect": MAX_ASPECT,
         "max_images": protocol.MAX_IMAGES, "max_steps": facts.max_steps if facts else protocol.MAX_STEPS,
         "max_output_pixels": cfg.max_output_pixels, "max_batch": cfg.max_batch,
+        "max_loras": MAX_LORAS, "max_lora_rank": (cfg.lora or LoraOptions()).max_rank,
     }
 
 
@@ -172,7 +175,8 @@ class EngineServer:
         fp = FastPathOptions.for_device(model.device.type, compile=self.cfg.compile, compile_backend=self.cfg.compile_backend,
                                         compile_mode=self.cfg.compile_mode, precision=self.cfg.precision)
         engine = Engine(model, EngineOptions(prompt_cache_mb=self.cfg.prompt_cache_mb, ref_cache_mb=self.cfg.ref_cache_mb,
-                                             fastpath=fp, oom_prompt=self.cfg.oom_prompt, safety=checker), self.metrics)
+                                             fastpath=fp, oom_prompt=self.cfg.oom_prompt, safety=checker,
+                                             lora=self.cfg.lora), self.metrics)
         spec = self.cfg.warmup
         if spec == "auto":
             spec = DEFAULT_CUDA_BUCKETS if model.device.type == "cuda" else "none"
@@ -331,7 +335,8 @@ class EngineServer:
         job = Job(prompt=req.prompt, refs=refs, seeds=[seed + i for i in range(req.num_images)], width=width, height=height,
                   steps=req.steps, guidance=req.guidance, negative_prompt=req.negative_prompt,
                   safety_check=req.safety_checker, output_format=req.output_format,
-                  output_quality=req.output_quality, on_progress=on_progress)
+                  output_quality=req.output_quality, on_progress=on_progress,
+                  loras=self.worker.engine.adapters.resolve(req.loras) if req.loras else [])
         job.enqueued_at = p.received
         job.context = p
         return job

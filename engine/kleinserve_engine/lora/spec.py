@@ -36,6 +36,14 @@ class InvalidLora(InvalidRequest):
         self.index = index
 
 
+@dataclass
+class LoraOptions:
+    max_rank: int = 128
+    max_mb: float = 1024  # largest adapter file accepted
+    host_cache_mb: float = 2048
+    device_cache_mb: float = 1024
+
+
 @dataclass(frozen=True)
 class LoraSpec:
     path: str

@@ -10,24 +10,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
-
 import torch
 
 from ..caches import ByteLRU
 from .adapter import Adapter, AdapterLimits, linear_shapes, parse, read
 from .formats import Delta, Resolver
-from .spec import InvalidLora, LoraSpec
+from .spec import InvalidLora, LoraOptions, LoraSpec
 
 MiB = 1 << 20
-
-
-@dataclass
-class LoraOptions:
-    max_rank: int = 128
-    max_mb: float = 1024  # largest adapter file accepted
-    host_cache_mb: float = 2048
-    device_cache_mb: float = 1024
 
 
 class LoraMetrics:
