@@ -16,7 +16,10 @@ export interface GenerateParams extends Omit<RunInput, 'prompt' | 'image_urls'> 
 }
 
 export interface CallOptions {
+  /** Your own reference, echoed back on the run. */
   client_ref?: string;
+  /** Deduplicates the create (see CreateOptions.idempotencyKey); a random one per call when absent. */
+  idempotencyKey?: string;
   metadata?: Record<string, unknown>;
   callback_url?: string;
   onProgress?: (event: RunEvent) => void;
@@ -66,7 +69,7 @@ export class Kleinserve {
   private async execute(input: RunInput, model: 'edit' | 'text-to-image', opts: CallOptions): Promise<RunResult> {
     const created = await this.runs.create(
       { input, model, client_ref: opts.client_ref, metadata: opts.metadata, callback_url: opts.callback_url },
-      { signal: opts.signal },
+      { signal: opts.signal, idempotencyKey: opts.idempotencyKey },
     );
     const run = await this.runs.result(created.id, { onEvent: opts.onProgress, timeoutMs: opts.timeoutMs, signal: opts.signal });
     const outputs = run.output?.outputs ?? [];

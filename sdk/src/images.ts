@@ -23,16 +23,25 @@ export function toDataUri(bytes: Uint8Array, mime?: string): string {
 
 const looksLikeUrlOrData = (s: string) => /^(https?:\/\/|data:)/i.test(s);
 
-async function readLocalFile(path: string): Promise<Uint8Array | undefined> {
+type LocalFile = { bytes: Uint8Array } | { problem: string } | undefined;
+
+/** Reads a local file in Node; says why it could not (missing, a directory, unreadable). Undefined in browsers. */
+async function readLocalFile(path: string): Promise<LocalFile> {
   if (typeof process === 'undefined' || !process.versions?.node) return undefined;
   const fs = await import('node:fs/promises');
+  const { resolve } = await import('node:path');
   try {
     const st = await fs.stat(path);
-    return st.isFile() ? new Uint8Array(await fs.readFile(path)) : undefined;
-  } catch {
-    return undefined;
+    if (!st.isFile()) return { problem: `${resolve(path)} is not a file` };
+    return { bytes: new Uint8Array(await fs.readFile(path)) };
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return { problem: `file not found: ${resolve(path)}` };
+    return { problem: `cannot read ${resolve(path)}: ${(err as Error).message}` };
   }
 }
+
+const looksLikeBase64 = (s: string) => /^[A-Za-z0-9+/=\s]+$/.test(s) && s.length > 64;
 
 /**
  * Turns whatever the caller holds into one `image_urls` item: URLs and data URIs pass through (the server
@@ -42,9 +51,10 @@ export async function toImageUrl(image: ImageInput, index = 0): Promise<string> 
   if (typeof image === 'string') {
     if (looksLikeUrlOrData(image)) return image;
     const file = await readLocalFile(image);
-    if (file) return toDataUri(file);
-    if (/^[A-Za-z0-9+/=\s]+$/.test(image) && image.length > 64) return image.replace(/\s+/g, '');
-    throw new TypeError(`images[${index}]: not a URL, data URI, readable file or base64 string: ${image.slice(0, 80)}`);
+    if (file && 'bytes' in file) return toDataUri(file.bytes);
+    if (looksLikeBase64(image)) return image.replace(/\s+/g, '');
+    if (file) throw new TypeError(`images[${index}]: ${file.problem}`);
+    throw new TypeError(`images[${index}]: not an http(s) URL, data URI or base64 string: ${image.slice(0, 80)}`);
   }
   if (typeof Blob !== 'undefined' && image instanceof Blob) {
     return toDataUri(new Uint8Array(await image.arrayBuffer()), image.type);

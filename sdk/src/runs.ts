@@ -10,6 +10,11 @@ export interface CreateOptions {
   /** Ask the server to hold the request until the run is terminal (`Prefer: wait=N`, seconds). */
   waitSeconds?: number;
   signal?: AbortSignal;
+  /**
+   * The `Idempotency-Key` header: a repeat with the same key and body returns the first run, a different body
+   * is a 409. A random key is made per call when absent; pass your own to deduplicate across processes.
+   */
+  idempotencyKey?: string;
 }
 
 export interface WaitOptions {
@@ -18,7 +23,7 @@ export interface WaitOptions {
   onEvent?: (event: RunEvent) => void;
 }
 
-function newClientRef(): string {
+function newIdempotencyKey(): string {
   return `sdk_${globalThis.crypto.randomUUID()}`;
 }
 
@@ -26,16 +31,16 @@ export class Runs {
   constructor(private readonly t: Transport, private readonly pollIntervalMs: number) {}
 
   /**
-   * Creates a run. The same `client_ref` (generated when absent) and Idempotency-Key go with every retry,
-   * so a retry after a lost answer finds the first run instead of creating a second one.
+   * Creates a run. One Idempotency-Key per call goes with every retry of it, so a retry after a lost answer
+   * finds the first run instead of creating a second one. `client_ref` is the caller's own reference and is
+   * sent as given: it never deduplicates (two creates with the same `client_ref` are two runs).
    */
   async create(params: CreateRunParams, opts: CreateOptions = {}): Promise<Run> {
     const { model, ...body } = params;
-    const clientRef = body.client_ref ?? newClientRef();
-    const headers: Record<string, string> = { 'idempotency-key': clientRef };
+    const headers: Record<string, string> = { 'idempotency-key': opts.idempotencyKey ?? newIdempotencyKey() };
     if (opts.waitSeconds !== undefined) headers.prefer = `wait=${Math.max(1, Math.round(opts.waitSeconds))}`;
     const path = model === 'text-to-image' ? TEXT_TO_IMAGE_MODEL_PATH : EDIT_MODEL_PATH;
-    return this.t.json<Run>(path, { method: 'POST', body: { ...body, client_ref: clientRef }, headers, signal: opts.signal });
+    return this.t.json<Run>(path, { method: 'POST', body, headers, signal: opts.signal });
   }
 
   get(id: string, opts: { signal?: AbortSignal } = {}): Promise<Run> {

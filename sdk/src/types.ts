@@ -79,7 +79,7 @@ export interface CreateRunParams {
   input: RunInput;
   callback_url?: string | null;
   metadata?: Record<string, unknown> | null;
-  /** Caller's idempotency reference; the SDK generates one when absent so that retries never create a second run. */
+  /** The caller's own reference, echoed back on the run; not an idempotency key (see CreateOptions.idempotencyKey). */
   client_ref?: string;
   /** Model route: 'edit' (default) needs 1-4 images, 'text-to-image' needs none. */
   model?: 'edit' | 'text-to-image';

@@ -1,8 +1,10 @@
 // Unit tests for retry, failover and idempotent creation, against small local HTTP doubles.
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Kleinserve, KleinserveConnectionError, KleinserveError } from '../src/index.js';
+import { Kleinserve, KleinserveConnectionError, KleinserveError, toImageUrl } from '../src/index.js';
 
 type Handler = (req: IncomingMessage, body: string) => { status: number; body: unknown; headers?: Record<string, string> } | 'drop';
 const servers: Server[] = [];
@@ -27,19 +29,30 @@ afterEach(async () => {
 const run = (ref: string) => ({ id: 'r1', status_code: 'queued', client_ref: ref });
 
 describe('transport', () => {
-  it('retries a dropped create with the same client_ref and Idempotency-Key', async () => {
-    const seen: { ref: string; key: string | undefined }[] = [];
+  it('retries a dropped create with one Idempotency-Key, and sends client_ref untouched', async () => {
+    const seen: { ref: string | undefined; key: string | undefined }[] = [];
+    let calls = 0;
     const url = await serve((req, body) => {
       const ref = JSON.parse(body).client_ref;
       seen.push({ ref, key: req.headers['idempotency-key'] as string | undefined });
-      return seen.length === 1 ? 'drop' : seen.length === 2 ? { status: 503, body: { code: 'MODEL_UNAVAILABLE', message: 'x' } } : { status: 200, body: run(ref) };
+      calls++;
+      return calls === 1 ? 'drop' : calls === 2 ? { status: 503, body: { code: 'MODEL_UNAVAILABLE', message: 'x' } } : { status: 200, body: run(ref) };
     });
     const client = new Kleinserve({ baseUrl: url, apiKey: 'k', retryDelayMs: 5 });
-    const created = await client.runs.create({ input: { prompt: 'p', image_urls: ['https://x/y.png'] } });
+    await client.runs.create({ input: { prompt: 'p', image_urls: ['https://x/y.png'] } });
     expect(seen).toHaveLength(3);
-    expect(new Set(seen.map((s) => s.ref)).size).toBe(1);
-    expect(seen.every((s) => s.key === seen[0].ref)).toBe(true);
-    expect(created.client_ref).toBe(seen[0].ref);
+    expect(seen[0].key).toMatch(/^sdk_[0-9a-f-]{36}$/);
+    expect(seen.every((s) => s.key === seen[0].key)).toBe(true);
+    expect(seen.every((s) => s.ref === undefined)).toBe(true);
+
+    // A second logical create gets its own key; the caller's client_ref goes as given.
+    seen.length = 0;
+    await client.runs.create({ input: { prompt: 'p', image_urls: ['https://x/y.png'] }, client_ref: 'order-17' });
+    await client.runs.create({ input: { prompt: 'p', image_urls: ['https://x/y.png'] }, client_ref: 'order-17' }, { idempotencyKey: 'mine_1' });
+    const keys = seen.map((s) => s.key);
+    expect(new Set(keys).size).toBe(keys.length);
+    expect(keys.at(-1)).toBe('mine_1');
+    expect(seen.every((s) => s.ref === 'order-17')).toBe(true);
   });
 
   it('fails over to the next base URL in order and remembers the dead one', async () => {
@@ -90,5 +103,15 @@ describe('transport', () => {
     expect(err).toBeInstanceOf(KleinserveConnectionError);
     expect(err.message).toContain(dead);
     expect(err.attempts).toBe(3);
+  });
+});
+
+describe('images', () => {
+  it('names a missing file by its full path instead of guessing what the string was', async () => {
+    const err = await toImageUrl('no/such/photo.jpg', 2).catch((e) => e);
+    expect(err).toBeInstanceOf(TypeError);
+    expect(err.message).toBe(`images[2]: file not found: ${path.resolve('no/such/photo.jpg')}`);
+    const dir = await toImageUrl(os.tmpdir()).catch((e) => e);
+    expect(dir.message).toBe(`images[0]: ${path.resolve(os.tmpdir())} is not a file`);
   });
 });
