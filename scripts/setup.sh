@@ -22,6 +22,14 @@ if [ "$(cat node_modules/.kleinserve-stamp 2>/dev/null)" != "$node_stamp" ]; the
   echo "$node_stamp" > node_modules/.kleinserve-stamp
 fi
 
+# The CLI imports the SDK as a package (@kleinserve/sdk -> sdk/dist): rebuild dist when the SDK's sources change.
+sdk_stamp=$(find sdk/src sdk/package.json sdk/tsconfig.build.json -type f 2>/dev/null | sort | xargs cat 2>/dev/null | sha256sum | cut -c1-16)
+if [ "$(cat node_modules/.kleinserve-sdk-stamp 2>/dev/null)" != "$sdk_stamp" ] || [ ! -f sdk/dist/index.js ]; then
+  echo "setup: building the SDK" >&2
+  npm run build -w sdk >/dev/null
+  echo "$sdk_stamp" > node_modules/.kleinserve-sdk-stamp
+fi
+
 if [ "${KLEINSERVE_SKIP_BROWSER:-}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing Debian's chromium for the browser tests" >&2
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

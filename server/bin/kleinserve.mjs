@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// The `kleinserve` bin: TypeScript runs through tsx so there is no build step to forget.
+// The `kleinserve` command. The package ships its TypeScript sources and runs them through tsx (a runtime
+// dependency), so what is installed is exactly what is tested; there is no compiled copy to drift from them.
 import { register } from 'tsx/esm/api';
 
 register();

@@ -1,116 +1,205 @@
-// `kleinserve serve | make-tiny-model | edit`. Cluster roles (`api`, `worker`) are added here by issue 5.
+// The `kleinserve` command: server roles (serve, api, worker, status), the `edit` client and make-tiny-model.
+// Every flag is declared once here with its default and environment variable, so `--help` documents exactly
+// what is parsed; the role modules load lazily, so `edit` never pulls in the server and `serve` never pg/BullMQ.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import { loadConfig, REPO_ROOT } from './config.ts';
-import { editCommand as edit } from './cli-edit/command.ts';
+import { fileURLToPath } from 'node:url';
+import { Command, CommanderError, Option } from 'commander';
+import { defaultPython, loadConfig } from './config.ts';
+import { editCommand } from './cli-edit/command.ts';
 
-const USAGE = `usage:
-  kleinserve serve [--model DIR|REPO|tiny] [--port 8080] [--host 127.0.0.1] [--data DIR] [--api-key K]... [--concurrency N]
-  kleinserve api --database-url URL --region NAME=REDIS_URL [--region ...] --storage file:DIR|s3://BUCKET [--port N] [--host H]
-                [--data DIR] [--api-key K]... [--queue-limit N] [--backpressure reject|queue]
-  kleinserve worker --database-url URL --region NAME --redis REDIS_URL --storage file:DIR|s3://BUCKET [--model DIR|REPO|tiny]
-                [--concurrency N] [--data DIR]
-  kleinserve status --database-url URL --region NAME=REDIS_URL [--region ...] [--json]
-  kleinserve make-tiny-model DIR
-  kleinserve edit --image FILE|URL [--image ...] --prompt TEXT [--seed N] [--steps N] -o out.jpg [--server URL]... [--api-key K]
-  kleinserve edit --prompt TEXT [--ref FILE|URL]... FILE|DIR|GLOB... [--suffix .edited] [--format jpeg|png|webp] [--concurrency 2]`;
+export const VERSION: string = JSON.parse(
+  fs.readFileSync(fileURLToPath(new URL('../package.json', import.meta.url)), 'utf8'),
+).version;
+
+/** Wrong usage (unknown flag, missing operand): exit 64 (EX_USAGE) after the command's usage line. */
+export class UsageError extends Error {}
+
+const KEYS_NOTE = `API keys: the server accepts the keys given by --api-key (repeatable) or KLEINSERVE_API_KEYS
+(plural, comma-separated). A client (kleinserve edit, the SDK) sends ONE key, from its own --api-key
+or KLEINSERVE_API_KEY (singular).`;
+
+const collect = (value: string, previous: string[] = []) => [...previous, ...value.split(',').map((s) => s.trim()).filter(Boolean)];
+const repeat = (value: string, previous: string[] = []) => [...previous, value];
+
+/** Flags every role that serves the API or drives an engine shares. */
+function roleOptions(cmd: Command, opts: { engine: boolean }): Command {
+  const engineOnly = (o: Option) => (opts.engine ? o : o.hideHelp());
+  return cmd
+    .addOption(engineOnly(new Option('--model <dir|repo|tiny>', 'diffusers-layout directory, Hugging Face repo id, or "tiny" (random weights: output is noise)')
+      .env('KLEINSERVE_MODEL').default('black-forest-labs/FLUX.2-klein-4B')))
+    .addOption(new Option('--host <address>', 'address to listen on (loopback unless you open it)').env('KLEINSERVE_HOST').default('127.0.0.1'))
+    .addOption(new Option('--port <n>', 'port to listen on; 0 picks a free one').env('PORT').default('8080'))
+    .addOption(new Option('--data <dir>', 'data directory: SQLite runs, stored images, engine socket, key hashes').env('KLEINSERVE_DATA').default('.data'))
+    .addOption(new Option('--api-key <key>', 'SERVER key that clients must send; repeat for several')
+      .env('KLEINSERVE_API_KEYS').argParser(collect).default([], 'one is generated on first start and printed once'))
+    .addOption(engineOnly(new Option('--concurrency <n>', 'runs handed to the engine at once (its batcher groups them)').env('KLEINSERVE_CONCURRENCY').default('4')))
+    .addOption(engineOnly(new Option('--python <path>', 'Python 3.11+ with the kleinserve-engine package installed')
+      .env('KLEINSERVE_PYTHON').default(undefined, "the checkout's .venv/bin/python, else python3 on PATH")));
+}
+
+function clusterOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--database-url <url>', 'Postgres holding the runs (required)').env('DATABASE_URL'))
+    .addOption(new Option('--storage <uri>', 'shared object store: file:DIR or s3://BUCKET[/PREFIX] (required)').env('KLEINSERVE_STORAGE'));
+}
+
+const SERVE_ENV = `
+Other settings (environment only; the README's Configuration section lists them all):
+  PUBLIC_BASE_URL               base of output URLs and callback bodies (default: the address it listens on)
+  KLEINSERVE_CALLBACK_SECRET    HMAC key of Runflow-Signature (default: generated into the data directory)
+  KLEINSERVE_FETCH_ALLOWLIST    hosts/CIDRs that image URLs may reach although not public (default: none)
+  KLEINSERVE_MAX_ATTEMPTS       engine crashes a run survives before it fails (default: 3)
+  KLEINSERVE_ENGINE_DEADLINE_MS engine silence that counts as a hang (default: 120000)
+  LOG_LEVEL                     fatal|error|warn|info|debug|trace|silent (default: info)
+
+${KEYS_NOTE}`;
+
+/** Each option's help line ends with its default and its environment variable, including defaults that are computed. */
+function describeOption(option: Option): string {
+  const extra: string[] = option.mandatory ? ['required'] : [];
+  if (option.argChoices) extra.push(`one of: ${option.argChoices.join(', ')}`);
+  const value = option.defaultValue;
+  const shown = option.defaultValueDescription ?? (typeof value === 'string' || typeof value === 'number' ? String(value) : undefined);
+  if (shown !== undefined && !option.isBoolean()) extra.push(`default: ${shown}`);
+  if (option.envVar) extra.push(`env: ${option.envVar}`);
+  return extra.length ? `${option.description} (${extra.join('; ')})` : option.description;
+}
+
+/** Commander's camelCase attributes back to the flag names the config loaders take (`database-url`, `api-key`). */
+function flagValues(cmd: Command): Record<string, unknown> {
+  const opts = cmd.opts();
+  const values: Record<string, unknown> = {};
+  for (const option of cmd.options) {
+    const value = opts[option.attributeName()];
+    if (value !== undefined) values[option.long!.slice(2)] = value;
+  }
+  return values;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('kleinserve')
+    .usage('<command> [options]')
+    .description(
+      'Self-hosted FLUX.2 [klein] 4B image editing with a Runflow-compatible API.\n' +
+        'Run the server with `serve` (or `api` + `worker` for a cluster); edit images through it with `edit`.',
+    )
+    .version(VERSION, '-V, --version', 'print the version and exit')
+    .helpOption('-h, --help', 'show help')
+    .configureHelp({ optionDescription: describeOption })
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+    .addHelpText('after', `
+Run \`kleinserve <command> --help\` for a command's options, their defaults and environment variables.
+
+Examples:
+  kleinserve serve --model tiny                      try it on CPU (noise output) at http://127.0.0.1:8080
+  kleinserve serve --model /models/FLUX.2-klein-4B --host 0.0.0.0
+  kleinserve edit --image photo.jpg --prompt "make it a watercolor" -o out.jpg --api-key KEY
+
+${KEYS_NOTE}`);
+
+  program.commandsGroup('Server:');
+  roleOptions(
+    program.command('serve').description('run everything in one process: API, playground, SQLite, local disk and a supervised engine'),
+    { engine: true },
+  )
+    .addHelpText('after', SERVE_ENV)
+    .action(async (_opts, cmd: Command) => {
+      const cfg = loadConfig(flagValues(cmd));
+      warnAboutClientKey();
+      const { serve } = await import('./roles/serve.ts');
+      await serve(cfg);
+    });
+
+  clusterOptions(roleOptions(program.command('api').description('a stateless API replica of a cluster (Postgres runs, BullMQ queues per region)'), { engine: false }))
+    .addOption(new Option('--region <name=redis-url>', 'a region and its Redis; repeat, the first is home (required)').env('KLEINSERVE_REGIONS').argParser(collect))
+    .addOption(new Option('--queue-limit <n>', 'runs waiting per region before backpressure').env('KLEINSERVE_REGION_QUEUE_LIMIT').default('1000'))
+    .addOption(new Option('--backpressure <mode>', 'when a region is full: answer 429, or keep queueing').choices(['reject', 'queue']).env('KLEINSERVE_BACKPRESSURE').default('reject'))
+    .addHelpText('after', `\n${KEYS_NOTE}`)
+    .action(async (_opts, cmd: Command) => {
+      const values = flagValues(cmd);
+      const cfg = loadConfig(values);
+      warnAboutClientKey();
+      const { loadClusterConfig, apiRegions } = await import('./roles/cluster-config.ts');
+      const cluster = loadClusterConfig(values);
+      const { runApi } = await import('./roles/api.ts');
+      await runApi(cfg, cluster, apiRegions(values));
+    });
+
+  clusterOptions(roleOptions(program.command('worker').description("take a region's runs from its queue and drive this machine's engine"), { engine: true }))
+    .addOption(new Option('--region <name>', 'the region this worker serves (required)').env('KLEINSERVE_REGION').argParser(repeat))
+    .addOption(new Option('--redis <url>', "the region's Redis (required)").env('REDIS_URL'))
+    .action(async (_opts, cmd: Command) => {
+      const values = flagValues(cmd);
+      const cfg = loadConfig(values);
+      const { loadClusterConfig, workerRegion } = await import('./roles/cluster-config.ts');
+      const cluster = loadClusterConfig(values);
+      const { runWorker } = await import('./roles/worker.ts');
+      await runWorker(cfg, cluster, workerRegion(values));
+    });
+
+  program.command('status').description('the cluster at a glance: regions, workers, queues and runs')
+    .addOption(new Option('--database-url <url>', 'Postgres holding the runs').env('DATABASE_URL'))
+    .addOption(new Option('--region <name=redis-url>', 'a region and its Redis; repeat').env('KLEINSERVE_REGIONS').argParser(collect))
+    .option('--json', 'print JSON instead of a table')
+    .action(async (opts: { databaseUrl?: string; region?: string[]; json?: boolean }) => {
+      const { status } = await import('./status-command.ts');
+      const argv = [...(opts.databaseUrl ? ['--database-url', opts.databaseUrl] : []), ...(opts.region ?? []).flatMap((r) => ['--region', r])];
+      await status(opts.json ? [...argv, '--json'] : argv);
+    });
+
+  program.commandsGroup('Client:');
+  editCommand(program);
+
+  program.commandsGroup('Tools:');
+  program.command('make-tiny-model').description('build the tiny random-weight model that `--model tiny` uses, into DIR')
+    .argument('<dir>', 'where to write it (created if missing)')
+    .addOption(new Option('--python <path>', 'Python with kleinserve-engine installed').env('KLEINSERVE_PYTHON').default(undefined, "the checkout's .venv/bin/python, else python3"))
+    .action(async (dir: string, opts: { python?: string }) => makeTinyModel(dir, opts.python ?? defaultPython()));
+  program.helpCommand('help [command]', 'show help for a command');
+
+  return program;
+}
+
+/** The singular KLEINSERVE_API_KEY is a client setting; a server started with only it would silently generate a key. */
+function warnAboutClientKey(): void {
+  if (process.env.KLEINSERVE_API_KEY && !process.env.KLEINSERVE_API_KEYS) {
+    process.stderr.write(
+      'kleinserve: note: KLEINSERVE_API_KEY (singular) is the key a CLIENT sends; the server reads its accepted keys from\n' +
+        '  --api-key or KLEINSERVE_API_KEYS (plural). It is ignored here.\n',
+    );
+  }
+}
+
+/** Delegates to the engine, which owns the model layout: `python -m kleinserve_engine make-tiny-model DIR`. */
+async function makeTinyModel(dirArg: string, python: string): Promise<void> {
+  const dir = path.resolve(dirArg);
+  fs.mkdirSync(dir, { recursive: true });
+  const code = await new Promise<number>((resolve, reject) => {
+    const child = spawn(python, ['-m', 'kleinserve_engine', 'make-tiny-model', dir], { stdio: 'inherit' });
+    child.on('error', (err) => reject(new Error(`cannot run ${python} (${err.message}); give a Python with kleinserve-engine installed via --python or KLEINSERVE_PYTHON`)));
+    child.on('exit', (c) => resolve(c ?? 1));
+  });
+  if (code !== 0) throw new Error(`the engine could not build the tiny model (${python} exited ${code})`);
+}
 
 export async function main(argv: string[]): Promise<void> {
-  const [command, ...rest] = argv;
+  const program = buildProgram();
   try {
-    switch (command) {
-      case 'serve':
-        return await serveCommand(rest);
-      case 'api':
-      case 'worker':
-        return await clusterCommand(command, rest);
-      case 'status': {
-        const { status } = await import('./status-command.ts');
-        return await status(rest);
-      }
-      case 'make-tiny-model':
-        return await makeTinyModel(rest);
-      case 'edit':
-        return await edit(rest);
-      case undefined:
-      case '-h':
-      case '--help':
-      case 'help':
-        console.log(USAGE);
-        return;
-      default:
-        throw new UsageError(`unknown command ${JSON.stringify(command)}`);
-    }
+    await program.parseAsync(argv, { from: 'user' });
   } catch (err) {
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      console.error(`kleinserve: ${(err as Error).message}\n${USAGE}`);
+    if (err instanceof CommanderError) {
+      // Commander has printed the help, the version, or the message and usage hint; usage errors exit 64 (EX_USAGE).
+      if (err.exitCode === 0) return;
+      process.exit(64);
+    }
+    if (err instanceof UsageError) {
+      console.error(`kleinserve: ${err.message}\n(run with --help for usage)`);
       process.exit(64);
     }
     console.error(`kleinserve: ${(err as Error).message}`);
     process.exit(1);
   }
-}
-
-export class UsageError extends Error {}
-
-/** Flags every role that runs an engine or serves the API shares. */
-const ROLE_OPTIONS = {
-  model: { type: 'string' },
-  port: { type: 'string' },
-  host: { type: 'string' },
-  data: { type: 'string' },
-  'api-key': { type: 'string', multiple: true },
-  concurrency: { type: 'string' },
-} as const;
-
-async function serveCommand(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: ROLE_OPTIONS,
-  });
-  const cfg = loadConfig(values);
-  const { serve } = await import('./serve.ts');
-  await serve(cfg);
-}
-
-/** Cluster roles (issue 5); the role modules load lazily so `serve` never pulls in pg/BullMQ/S3. */
-async function clusterCommand(command: 'api' | 'worker', args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      ...ROLE_OPTIONS,
-      'database-url': { type: 'string' },
-      region: { type: 'string', multiple: true },
-      redis: { type: 'string' },
-      storage: { type: 'string' },
-      'queue-limit': { type: 'string' },
-      backpressure: { type: 'string' },
-    },
-  });
-  const cfg = loadConfig(values);
-  const { loadClusterConfig, apiRegions, workerRegion } = await import('./roles/cluster-config.ts');
-  const cluster = loadClusterConfig(values);
-  if (command === 'api') {
-    const { runApi } = await import('./roles/api.ts');
-    return runApi(cfg, cluster, apiRegions(values));
-  }
-  const { runWorker } = await import('./roles/worker.ts');
-  return runWorker(cfg, cluster, workerRegion(values));
-}
-
-/** Delegates to the engine, which owns the model layout: `python -m kleinserve_engine make-tiny-model DIR`. */
-async function makeTinyModel(args: string[]): Promise<void> {
-  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
-  if (positionals.length !== 1) throw new UsageError('make-tiny-model takes exactly one DIR');
-  const dir = path.resolve(positionals[0]);
-  fs.mkdirSync(dir, { recursive: true });
-  const python = process.env.KLEINSERVE_PYTHON || path.join(REPO_ROOT, '.venv/bin/python');
-  const code = await new Promise<number>((resolve, reject) => {
-    const child = spawn(python, ['-m', 'kleinserve_engine', 'make-tiny-model', dir], { stdio: 'inherit' });
-    child.on('error', reject);
-    child.on('exit', (c) => resolve(c ?? 1));
-  });
-  if (code !== 0) throw new Error(`the engine could not build the tiny model (exit ${code})`);
 }

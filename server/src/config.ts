@@ -8,6 +8,12 @@ import { KEY_PATTERN } from './auth/keys.ts';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
+/** The checkout's .venv (what scripts/setup.sh makes); an installed package has none and uses python3 from PATH. */
+export function defaultPython(): string {
+  const venv = path.join(REPO_ROOT, '.venv/bin/python');
+  return fs.existsSync(venv) ? venv : 'python3';
+}
+
 const intFrom = (def: number) => z.coerce.number().int().nonnegative().default(def);
 
 export const ConfigSchema = z.object({
@@ -20,7 +26,7 @@ export const ConfigSchema = z.object({
   publicBaseUrl: z.url().optional(),
   callbackSecret: z.string().min(1).optional(),
   fetchAllowlist: z.string().optional(),
-  python: z.string().default(path.join(REPO_ROOT, '.venv/bin/python')),
+  python: z.string().min(1).default(defaultPython),
   /** Concurrent runs handed to the engine, so its batcher sees concurrent requests. */
   concurrency: intFrom(4),
   maxAttempts: intFrom(3),
@@ -56,7 +62,7 @@ export function loadConfig(values: Record<string, unknown>, env: NodeJS.ProcessE
     publicBaseUrl: env.PUBLIC_BASE_URL || undefined,
     callbackSecret: env.KLEINSERVE_CALLBACK_SECRET || undefined,
     fetchAllowlist: env.KLEINSERVE_FETCH_ALLOWLIST,
-    python: env.KLEINSERVE_PYTHON || undefined,
+    python: values.python ?? (env.KLEINSERVE_PYTHON || undefined),
     concurrency: values.concurrency ?? env.KLEINSERVE_CONCURRENCY,
     maxAttempts: env.KLEINSERVE_MAX_ATTEMPTS,
     engineIdleDeadlineMs: env.KLEINSERVE_ENGINE_DEADLINE_MS,

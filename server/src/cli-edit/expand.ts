@@ -31,6 +31,9 @@ function walk(dir: string, recursive: boolean): string[] {
   return out;
 }
 
+/** The absolute path, when it says more than what the person typed. */
+export const elsewhere = (p: string) => (path.resolve(p) === p ? '' : ` (${path.resolve(p)})`);
+
 /** Files already produced by an earlier batch (name ends with the suffix) are skipped, so re-running is safe. */
 export function expandInputs(operands: string[], suffix: string): string[] {
   const found = new Set<string>();
@@ -49,7 +52,7 @@ export function expandInputs(operands: string[], suffix: string): string[] {
     } else if (fs.existsSync(op)) {
       found.add(op);
     } else {
-      throw new Error(`${op}: no such file or directory`);
+      throw new Error(`${op}: no such file or directory${elsewhere(op)}`);
     }
   }
   const stem = (f: string) => path.basename(f, path.extname(f));
