@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the transformer (default on CUDA)")
     s.add_argument("--no-compile", dest="compile", action="store_false")
     s.add_argument("--compile-backend", default="inductor", help="torch.compile backend (inductor; aot_eager for cheap checks)")
+    s.add_argument("--compile-scope", default="blocks", choices=["blocks", "model"],
+                   help="blocks: each transformer block compiled once with dynamic batch/sequence (default); "
+                        "model: the whole transformer, static shapes, one graph per warmed bucket")
     s.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: inductor's)")
     s.add_argument("--precision", default="bf16", choices=["bf16", "fp8"], help="fp8: torchao float8 on CUDA (experimental)")
     s.add_argument("--warmup", default="auto", help="WxH:REFS,... buckets to warm before ready; 'auto' (CUDA defaults) or 'none'")
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, tiny_dir=args.tiny_dir or data_dir / "tiny-model", listen=args.listen, device=args.device, dtype=args.dtype, max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms, prompt_cache_mb=args.prompt_cache_mb, ref_cache_mb=args.ref_cache_mb,
         max_ref_pixels=args.max_ref_pixels, max_output_pixels=args.max_output_pixels, compile=args.compile,
-        compile_backend=args.compile_backend, compile_mode=args.compile_mode, precision=args.precision, warmup=args.warmup, data_dir=data_dir,
+        compile_backend=args.compile_backend, compile_mode=args.compile_mode, compile_scope=args.compile_scope, precision=args.precision, warmup=args.warmup, data_dir=data_dir,
         oom_prompt=os.environ.get("KLEINSERVE_TEST_OOM_PROMPT"), threads=args.threads,
         exit_with_stdin=args.exit_with_stdin,
     )

@@ -1,4 +1,4 @@
-"""The CUDA fast path: compiled transformer, best SDPA backend, channels_last bf16 VAE, optional FP8.
+"""The CUDA fast path: compiled transformer blocks, best SDPA backend, channels_last bf16 VAE, optional FP8.
 
 On by default on CUDA, off on CPU. Every piece is an opt-in wrapper around the eager modules, so the eager
 path stays the reference and a test can compare the two (tests/test_fastpath.py).
@@ -18,6 +18,11 @@ log = logging.getLogger("kleinserve_engine.fastpath")
 @dataclass
 class FastPathOptions:
     compile: bool = False
+    # "blocks": each repeated transformer block compiled on its own with dynamic batch and sequence dims, so one
+    # graph per block type serves every batch size and aspect ratio (seconds to compile, no stall for an unwarmed
+    # shape). "model": the whole transformer call compiled with static shapes, one graph per (batch, sequence)
+    # bucket; kept so the benchmark can compare the two.
+    compile_scope: str = "blocks"
     compile_backend: str = "inductor"
     # Inductor's default mode. "max-autotune-no-cudagraphs" may buy a few percent on the matmuls but autotunes
     # every shape bucket at startup (minutes each at 4B); plain CUDA-graph modes are avoided because their static
@@ -37,6 +42,8 @@ class FastPathOptions:
                 setattr(base, k, v)
         if base.compile_backend != "inductor":
             base.compile_mode = None  # modes are an inductor notion
+        if base.compile_scope not in ("blocks", "model"):
+            raise ValueError(f"compile_scope: want 'blocks' or 'model', got {base.compile_scope!r}")
         return base
 
 
@@ -87,6 +94,48 @@ def quantize_fp8(transformer) -> None:
     quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
 
 
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (every compile and recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _bound_recompiles(limit: int) -> None:
+    import torch._dynamo
+
+    # Past the limit dynamo runs that frame eager and logs it rather than compiling forever.
+    for knob in ("recompile_limit", "cache_size_limit"):  # the name changed across torch releases
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, limit)
+    torch._logging.set_logs(recompiles=True)
+
+
+def _with_compiled_blocks(transformer, opts: FastPathOptions):
+    """A shallow copy of the transformer whose repeated blocks are compiled; the original stays eager.
+
+    Blocks of one class share their forward code, so dynamo compiles one graph per class (weights are graph inputs)
+    and reuses it for every layer. dynamic=True makes batch and sequence symbolic from the first compile; dynamo
+    still specialises a size of 1, so a batch of one has its own graph (warm-up covers both).
+    """
+    import copy
+
+    import torch
+    import torch.fx.experimental._config as shape_config
+
+    # Duck shaping gives dims that are equal at trace time one symbol: a sequence length that happens to equal the
+    # hidden width would then be specialised with it and recompile at the next aspect ratio.
+    if hasattr(shape_config, "use_duck_shape"):
+        shape_config.use_duck_shape = False
+    view = copy.copy(transformer)
+    view._modules = dict(transformer._modules)
+    for name in ("transformer_blocks", "single_transformer_blocks"):
+        blocks = getattr(transformer, name)
+        compiled = [torch.compile(b, backend=opts.compile_backend, mode=opts.compile_mode, dynamic=True) for b in blocks]
+        view._modules[name] = torch.nn.ModuleList(compiled)
+    return view
+
+
 class Denoiser:
     """One transformer evaluation: (noisy+ref tokens, text, t, ids) -> velocity for every image token."""
 
@@ -96,28 +145,29 @@ class Denoiser:
         self.transformer = transformer
         self.opts = opts
         self.compiled = False
+        self._module = transformer
         self._fn = self._eager
         if opts.compile:
-            import torch._dynamo
-
-            # Static shapes: each (batch, sequence length) bucket gets its own specialised graph, compiled once and
-            # warmed at startup. Past the limit dynamo runs eager and logs it rather than recompiling forever.
-            for knob in ("cache_size_limit", "recompile_limit"):  # the name changed across torch releases
-                if hasattr(torch._dynamo.config, knob):
-                    setattr(torch._dynamo.config, knob, opts.max_compiled_shapes)
-            torch._logging.set_logs(recompiles=True)
-            self._compiled = torch.compile(self._eager, backend=opts.compile_backend, mode=opts.compile_mode, dynamic=False)
-            self._fn = self._compiled
+            _bound_recompiles(opts.max_compiled_shapes)
+            if opts.compile_scope == "blocks":
+                self._module = _with_compiled_blocks(transformer, opts)
+            else:
+                self._fn = torch.compile(self._eager, backend=opts.compile_backend, mode=opts.compile_mode, dynamic=False)
             self.compiled = True
 
     def _eager(self, hidden, text, t, img_ids, txt_ids):
-        return self.transformer(
+        return self._module(
             hidden_states=hidden, encoder_hidden_states=text, timestep=t, img_ids=img_ids, txt_ids=txt_ids,
             guidance=None, return_dict=False,
         )[0]
 
     def __call__(self, hidden, text, t, img_ids, txt_ids):
-        return self._fn(hidden, text, t, img_ids, txt_ids)
+        before = compiled_graphs() if self.compiled else 0
+        out = self._fn(hidden, text, t, img_ids, txt_ids)
+        if self.compiled and compiled_graphs() != before:
+            log.info("compiled %d graph(s) for batch %d, %d image tokens (%s scope)", compiled_graphs() - before,
+                     hidden.shape[0], hidden.shape[1], self.opts.compile_scope)
+        return out
 
 
 def attention_context(opts: FastPathOptions):

@@ -44,6 +44,7 @@ class ServeConfig:
     compile: bool | None = None
     compile_backend: str = "inductor"
     compile_mode: str | None = None
+    compile_scope: str = "blocks"
     precision: str = "bf16"
     warmup: str = "auto"
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("KLEINSERVE_DATA", ".data")))
@@ -173,7 +174,8 @@ class EngineServer:
             # spinning into a 5-10x slowdown, so the CPU engine runs single-threaded unless told otherwise.
             torch.set_num_threads(self.cfg.threads or 1)
         fp = FastPathOptions.for_device(model.device.type, compile=self.cfg.compile, compile_backend=self.cfg.compile_backend,
-                                        compile_mode=self.cfg.compile_mode, precision=self.cfg.precision)
+                                        compile_mode=self.cfg.compile_mode, compile_scope=self.cfg.compile_scope,
+                                        precision=self.cfg.precision)
         engine = Engine(model, EngineOptions(prompt_cache_mb=self.cfg.prompt_cache_mb, ref_cache_mb=self.cfg.ref_cache_mb,
                                              fastpath=fp, oom_prompt=self.cfg.oom_prompt, safety=checker,
                                              lora=self.cfg.lora), self.metrics)

@@ -10,12 +10,13 @@ import pytest
 from conftest import make_job, random_image
 
 
-def compiled_vs_eager(model, backend):
+def compiled_vs_eager(model, backend, scope="blocks"):
     from kleinserve_engine.fastpath import FastPathOptions
     from kleinserve_engine.pipeline import Engine, EngineOptions
 
     eager = Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu", compile=False)))
-    fast = Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu", compile=True, compile_backend=backend)))
+    opts = FastPathOptions.for_device("cpu", compile=True, compile_backend=backend, compile_scope=scope)
+    fast = Engine(model, EngineOptions(fastpath=opts))
     assert fast.denoiser.compiled and not eager.denoiser.compiled
     job = lambda: make_job([random_image(64, 64, 8)], prompt="compile me", seeds=[11], output_format="png")  # noqa: E731
     a = eager.run_batch([job()])[0].pixels[0]
@@ -23,17 +24,61 @@ def compiled_vs_eager(model, backend):
     return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
-def test_compiled_equals_eager_aot_eager(model):
-    diff = compiled_vs_eager(model, "aot_eager")
-    print(f"aot_eager compiled vs eager: max abs pixel diff {diff}/255")
+@pytest.mark.parametrize("scope", ["blocks", "model"])
+def test_compiled_equals_eager_aot_eager(model, scope):
+    diff = compiled_vs_eager(model, "aot_eager", scope)
+    print(f"aot_eager compiled ({scope}) vs eager: max abs pixel diff {diff}/255")
     assert diff == 0
 
 
 @pytest.mark.slow
-def test_compiled_equals_eager_inductor(model):
-    diff = compiled_vs_eager(model, "inductor")
-    print(f"inductor compiled vs eager: max abs pixel diff {diff}/255")
+@pytest.mark.parametrize("scope", ["blocks", "model"])
+def test_compiled_equals_eager_inductor(model, scope):
+    diff = compiled_vs_eager(model, "inductor", scope)
+    print(f"inductor compiled ({scope}) vs eager: max abs pixel diff {diff}/255")
     assert diff <= 1
+
+
+def test_regional_compile_leaves_the_shared_transformer_eager(model):
+    from kleinserve_engine.fastpath import FastPathOptions
+    from kleinserve_engine.pipeline import Engine, EngineOptions
+
+    blocks = list(model.transformer.transformer_blocks) + list(model.transformer.single_transformer_blocks)
+    Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu", compile=True, compile_backend="aot_eager")))
+    assert list(model.transformer.transformer_blocks) + list(model.transformer.single_transformer_blocks) == blocks
+    assert not any(type(b).__name__ == "OptimizedModule" for b in blocks)
+
+
+def test_regional_compile_does_not_recompile_for_new_shapes_batches_or_a_cancel(model):
+    """After one batch of one and one batch of two, no batch size, aspect ratio or mid-run cancel compiles again."""
+    from kleinserve_engine.fastpath import FastPathOptions, compiled_graphs
+    from kleinserve_engine.pipeline import Engine, EngineOptions
+
+    opts = FastPathOptions.for_device("cpu", compile=True, compile_backend="aot_eager")
+    eng = Engine(model, EngineOptions(fastpath=opts, prompt_cache_mb=0, ref_cache_mb=0))
+    img = random_image(64, 64, 3)
+    eng.run_batch([make_job([img], prompt="warm one", seeds=[1], steps=1)])
+    eng.run_batch([make_job([img], prompt="warm two", seeds=[1, 2], steps=1)])
+    warmed = compiled_graphs()
+
+    wide = random_image(96, 64, 4)
+    assert not isinstance(eng.run_batch([make_job([wide], prompt="new aspect", seeds=[3], steps=1)])[0], Exception)
+    jobs = [make_job([wide], prompt=f"member {i}", seeds=[10 + i], steps=3) for i in range(3)]
+
+    def leave_after_first_step(info, job=jobs[1]):
+        job.canceled = True
+    jobs[0].on_progress = leave_after_first_step
+    out = eng.run_batch(jobs)
+    assert type(out[1]).__name__ == "Canceled" and out[0].batch_size == 2 and out[2].batch_size == 2
+    solo = [make_job([wide], prompt=f"to one {i}", seeds=[20 + i], steps=3) for i in range(2)]
+
+    def down_to_one(info, job=solo[1]):
+        job.canceled = True
+    solo[0].on_progress = down_to_one
+    assert not isinstance(eng.run_batch(solo)[0], Exception)
+    four = eng.run_batch([make_job([], prompt="text only", seeds=[1, 2, 3, 4], steps=1, size=(80, 64))])[0]
+    assert four.batch_size == 4
+    assert compiled_graphs() == warmed, "a new shape, batch size or cancel triggered a recompile"
 
 
 def test_defaults_are_on_for_cuda_and_off_for_cpu():
