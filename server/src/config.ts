@@ -73,6 +73,7 @@ export function loadConfig(values: Record<string, unknown>, env: NodeJS.ProcessE
     fetchMaxRedirects: env.KLEINSERVE_FETCH_MAX_REDIRECTS,
     callbackMaxAttempts: env.KLEINSERVE_CALLBACK_MAX_ATTEMPTS,
     callbackBaseDelayMs: env.KLEINSERVE_CALLBACK_BASE_DELAY_MS,
+    callbackTimeoutMs: env.KLEINSERVE_CALLBACK_TIMEOUT_MS,
     shutdownGraceMs: env.KLEINSERVE_SHUTDOWN_GRACE_MS,
     fsync: env.KLEINSERVE_FSYNC ? env.KLEINSERVE_FSYNC === '1' : undefined,
     logLevel: env.LOG_LEVEL,
