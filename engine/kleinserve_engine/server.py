@@ -159,14 +159,15 @@ class EngineServer:
             if source == "tiny-base":
                 tiny_dir = tiny_dir.with_name(tiny_dir.name + "-base")
             source = str(ensure_tiny_model(tiny_dir, distilled=source == "tiny"))
-        model = load(source, device=self.cfg.device, dtype=self.cfg.dtype, model_id=self.cfg.model)
-        self.device, self.dtype, self.facts = model.device, model.dtype, model.facts
         checker = None
-        if self.cfg.safety is not None:
+        if self.cfg.safety is not None:  # first: a missing checker should not wait for the main model to load
+            from .loading import resolve_device
             from .safety import SafetyChecker
 
-            checker = SafetyChecker.load(self.cfg.safety, model.device)
+            checker = SafetyChecker.load(self.cfg.safety, resolve_device(self.cfg.device))
             checker.attach_metrics(self.metrics.registry)
+        model = load(source, device=self.cfg.device, dtype=self.cfg.dtype, model_id=self.cfg.model)
+        self.device, self.dtype, self.facts = model.device, model.dtype, model.facts
         if model.device.type == "cpu":
             import torch
 

@@ -26,6 +26,30 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory) -> Path:
+    """The tiny model marked as a base checkpoint (is_distilled false): classifier-free guidance applies."""
+    out = tmp_path_factory.mktemp("tiny-base") / "model"
+    subprocess.run([PY, "-m", "kleinserve_engine", "make-tiny-model", "--base", str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checker_dir(tmp_path_factory) -> Path:
+    """A random-weight image classifier (labels normal, nsfw), written by the real CLI command."""
+    out = tmp_path_factory.mktemp("checker") / "model"
+    subprocess.run([PY, "-m", "kleinserve_engine", "make-tiny-safety-checker", str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def base_engine(tiny_base_dir):
+    from kleinserve_engine.loading import load
+    from kleinserve_engine.pipeline import Engine
+
+    return Engine(load(str(tiny_base_dir), device="cpu"))
+
+
+@pytest.fixture(scope="session")
 def model(tiny_dir):
     from kleinserve_engine.loading import load
 

@@ -218,3 +218,38 @@ def test_metrics_are_prometheus_text(server):
                  "kleinserve_engine_cache_bytes", "kleinserve_engine_queue_depth"):
         assert name in text, name
     assert 'kleinserve_engine_stage_seconds_count{stage="denoise"}' in text
+
+
+def test_health_reports_the_checkpoint_facts(server):
+    h, _, _ = run(session(server, lambda c: c.call({"op": "health"})))
+    info = h["model_info"]
+    assert info["is_distilled"] is True and info["default_steps"] == 4 and info["max_steps"] == h["limits"]["max_steps"] == 50
+    assert info["default_guidance"] == 1.0 and info["supports_guidance"] is False and info["supports_negative_prompt"] is False
+    assert info["text_encoder"]["architecture"] == "Qwen3ForCausalLM" and info["text_encoder"]["layers"] == [9, 18, 27]
+    assert h["safety"] == {"enabled": False, "allow_opt_out": True}
+
+
+def test_distilled_checkpoint_refuses_guidance_it_would_drop(server):
+    async def go(c):
+        ok, _, _ = await c.call(*gen(width=64, height=64, guidance_scale=1.0, negative_prompt="", safety_checker=False))
+        scale = await expect_error(c, *gen(width=64, height=64, guidance_scale=4.0))
+        negative = await expect_error(c, *gen(width=64, height=64, negative_prompt="blurry"))
+        return ok, scale, negative
+    ok, scale, negative = run(session(server, go))
+    assert ok["op"] == "result" and ok["safety_checked"] is False
+    assert scale["field"] == "guidance_scale" and "distilled" in scale["message"]
+    assert negative["field"] == "negative_prompt" and "distilled" in negative["message"]
+
+
+def test_invalid_unicode_is_refused_alone_and_never_breaks_the_batch(server):
+    # "\ud800" survives JSON decoding as a lone surrogate; the header travels as the ASCII escape
+    async def go(c):
+        reqs = [gen(prompt=f"fine {i}", width=64, height=64, seed=i) for i in range(2)]
+        reqs.insert(1, gen(prompt="broken \ud800 prompt", width=64, height=64))
+        return await asyncio.gather(*[c.call(*r) for r in reqs])
+    heads = [h for h, _, _ in run(session(server, go))]
+    assert [h["op"] for h in heads] == ["result", "error", "result"]
+    err = heads[1]["error"]
+    assert err["code"] == "INVALID_REQUEST" and err["field"] == "prompt" and "invalid Unicode at character 7" in err["message"]
+    assert "TypeError" not in err["message"] and "Traceback" not in err["message"]
+    assert heads[0]["batch_size"] == heads[2]["batch_size"] == 2  # the good ones still ran together
