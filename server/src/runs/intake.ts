@@ -13,6 +13,7 @@ import {
 import { ApiError, validationError, type FieldError } from '../routes/errors.ts';
 import { normalizeEditInput, type CreateRunBody } from '../routes/runs.schemas.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
+import { StorageWriteError } from '../storage/write-failure.ts';
 import type { EngineLimits } from '../engine/client.ts';
 import type { RunRecord, StoredImage } from './types.ts';
 
@@ -61,7 +62,7 @@ export async function intakeEditRun(deps: IntakeDeps, modelId: string, body: Cre
           // Decode (sharp's thread pool) and persist the bytes at the same time; a refusal deletes them below.
           const decoding = decodeImage(src.bytes, field, opts);
           const key = `inputs/${id}/${i}`;
-          inline.push({ key, stored: deps.objects.put(key, src.bytes) });
+          inline.push({ key, stored: storeInput(deps.objects, key, src.bytes, field) });
           const img = await decoding;
           decoded.set(i, img);
           images[i] = { kind: 'inline', key, bytes: src.bytes.length, mime: src.mime ?? `image/${img.format}` };
@@ -89,7 +90,14 @@ export async function intakeEditRun(deps: IntakeDeps, modelId: string, body: Cre
     await Promise.allSettled(inline.map((o) => deps.objects.delete(o.key)));
     throw validationError(errors.sort((a, b) => a.field.localeCompare(b.field)));
   }
-  await Promise.all(inline.map((o) => o.stored));
+  try {
+    await Promise.all(inline.map((o) => o.stored));
+  } catch (err) {
+    // A full or failing store: drop what did get written, then the request fails (507, naming the field).
+    await Promise.allSettled(inline.map((o) => o.stored));
+    await Promise.allSettled(inline.map((o) => deps.objects.delete(o.key)));
+    throw err;
+  }
 
   const run: RunRecord = {
     id,
@@ -124,4 +132,17 @@ export async function intakeEditRun(deps: IntakeDeps, modelId: string, body: Cre
 
 export function assertModelAvailable(state: string, error: string | null): void {
   if (state === 'unavailable') throw new ApiError(503, 'MODEL_UNAVAILABLE', `the model cannot be loaded: ${error ?? 'unknown error'}`);
+}
+
+/**
+ * Starts writing one inline input. The write runs while the image decodes and is awaited later, so its
+ * failure is handled from the start (an unhandled rejection would otherwise end the process), and a
+ * refusal names the request field rather than the object key.
+ */
+function storeInput(objects: ObjectStore, key: string, bytes: Buffer, field: string): Promise<void> {
+  const stored = objects.put(key, bytes).catch((err) => {
+    throw err instanceof StorageWriteError ? err.renamed(field) : err;
+  });
+  stored.catch(() => {});
+  return stored;
 }
