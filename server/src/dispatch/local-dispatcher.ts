@@ -8,6 +8,7 @@ import { ModelUnavailableError, type Engine } from '../engine/supervisor.ts';
 import type { RunLifecycle } from '../runs/lifecycle.ts';
 import type { RunRecord, RunTiming, StoredOutputImage } from '../runs/types.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
+import { StorageWriteError } from '../storage/write-failure.ts';
 import type { Metrics } from '../plugins/metrics.ts';
 import { prepareImages, PreprocessFailure, type PreprocessDeps } from './preprocess.ts';
 
@@ -75,7 +76,11 @@ export class LocalDispatcher {
     }
     this.pumping = true;
     this.fill()
-      .catch((err) => this.deps.logger.error({ err }, 'dispatch loop failed'))
+      .catch((err) => {
+        this.deps.logger.error({ err }, 'dispatch loop failed');
+        // Nothing else may wake the loop (a claim refused by a full disk leaves the run queued): try again.
+        if (!this.stopping) setTimeout(() => this.pump(), 1000).unref();
+      })
       .finally(() => {
         this.pumping = false;
         if (this.again) {
@@ -170,7 +175,11 @@ export class LocalDispatcher {
     try {
       stored = await this.storeOutputs(running, result);
     } catch (err) {
-      await lifecycle.fail(running, 'STORAGE_FAILED', `could not store the output: ${(err as Error).message}`, 'postprocess');
+      // Named without its key: the key holds the output's access token.
+      const failure = err instanceof StorageWriteError ? err.renamed('the output image') : err;
+      const code = failure instanceof StorageWriteError && failure.kind === 'full' ? 'STORAGE_FULL' : 'STORAGE_FAILED';
+      await lifecycle.fail(running, code, (failure as Error).message, 'postprocess');
+      await Promise.allSettled(result.images.map((_, i) => this.deps.objects.delete(outputKey(running, result.images[i].content_type, i))));
       return;
     }
     const engineTimings = Object.fromEntries(
@@ -201,8 +210,7 @@ export class LocalDispatcher {
   private async storeOutputs(run: RunRecord, result: GenerateResult): Promise<StoredOutputImage[]> {
     return Promise.all(
       result.images.map(async (img, i) => {
-        // Deterministic per run: a retried run overwrites its own file instead of leaving a second one.
-        const key = `outputs/${run.id}/${run.output_token}${i ? `-${i}` : ''}.${EXT[img.content_type] ?? 'bin'}`;
+        const key = outputKey(run, img.content_type, i);
         await this.deps.objects.put(key, img.bytes);
         return { key, content_type: img.content_type, width: img.width, height: img.height };
       }),
@@ -243,6 +251,11 @@ export class LocalDispatcher {
       throw err;
     }
   }
+}
+
+/** Deterministic per run: a retried run overwrites its own file instead of leaving a second one. */
+function outputKey(run: RunRecord, contentType: string, i: number): string {
+  return `outputs/${run.id}/${run.output_token}${i ? `-${i}` : ''}.${EXT[contentType] ?? 'bin'}`;
 }
 
 const round = (ms: number) => Math.round(ms * 100) / 100;
