@@ -1,7 +1,8 @@
-// Builds the Fastify instance from injected parts, so the embedded `serve` role, cluster `api` replicas and
-// tests can each wire their own store, dispatcher and engine behind the same routes.
+// Builds the Fastify instance: the shared HTTP pieces (errors, auth, OpenAPI, metrics, security headers,
+// outputs, playground, 405s), then one plugin per API surface over the one run service. Roles hand in the
+// service and backends they built, so `serve`, cluster `api` replicas and tests share every route.
 import fs from 'node:fs';
-import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import fastifySwagger from '@fastify/swagger';
 import type { Logger } from 'pino';
 import { v7 as uuidv7 } from 'uuid';
@@ -12,43 +13,37 @@ import {
   validatorCompiler,
 } from 'fastify-type-provider-zod';
 import type { KeyRing } from './auth/keys.ts';
-import type { Engine } from './engine/supervisor.ts';
-import type { AppHardening } from './hardening/index.ts';
-import type { DecodedImage } from './images/index.ts';
-import authPlugin from './plugins/auth.ts';
+import type { EngineStatusView } from './engine/engine.ts';
+import authPlugin from './http/auth.ts';
+import bodyGuard from './http/body-guard.ts';
+import { addMethodNotAllowed, collectPaths } from './http/method-not-allowed.ts';
+import metricsPlugin from './http/metrics.ts';
+import { collectRouteFacts, documentErrors } from './http/openapi.ts';
+import outputRoutes from './http/outputs.ts';
+import { playgroundRoutes } from './http/playground.ts';
+import securityHeaders from './http/security-headers.ts';
+import type { Metrics } from './metrics.ts';
 import errorsPlugin from './plugins/errors.ts';
-import metricsPlugin, { type Metrics } from './plugins/metrics.ts';
-import rateLimitPlugin from './limits/rate-limit-plugin.ts';
-import { isRepeat } from './idempotency/claim.ts';
-import { addMethodNotAllowed, collectPaths } from './hardening/method-not-allowed.ts';
-import { collectRouteFacts, documentErrors } from './hardening/openapi.ts';
-import securityHeaders from './hardening/security-headers.ts';
-import { deleteRunRoutes } from './routes/delete-run.ts';
-import healthRoutes from './routes/health.ts';
-import outputRoutes from './routes/outputs.ts';
-import runRoutes from './routes/runs.ts';
-import { openAiImagesRoutes } from './routes/openai-images.ts';
-import { playgroundRoutes } from './routes/playground.ts';
-import { runEventsRoutes } from './routes/run-events.ts';
-import { textToImageRoutes } from './routes/text-to-image.ts';
-import type { IntakeDeps } from './runs/intake.ts';
-import type { RunLifecycle } from './runs/lifecycle.ts';
+import type { RunService } from './runs/service.ts';
+import type { StorageHealth } from './storage/health.ts';
 import type { ObjectStore } from './storage/object-store.ts';
+import { openAiSurface } from './surfaces/openai/index.ts';
+import { runflowSurface } from './surfaces/runflow/index.ts';
+import type { SurfaceDeps } from './surfaces/surface.ts';
 
 export interface AppDeps {
   logger: Logger;
-  lifecycle: RunLifecycle;
-  engine: Engine;
+  runs: RunService;
+  engine: EngineStatusView;
   objects: ObjectStore;
   keys: KeyRing;
   metrics: Metrics;
-  intake: IntakeDeps;
-  prime: (runId: string, decoded: Map<number, DecodedImage>) => void;
   baseUrl: () => string;
-  waitCapSeconds: number;
   bodyLimitBytes: number;
-  /** Quotas, idempotency, retention and HTTP limits (hardening/index.ts builds them per role). */
-  hardening: AppHardening;
+  /** Server options that bound what one client can hold (http/server-options.ts). */
+  http: Partial<FastifyServerOptions>;
+  /** Whether storage takes writes, for health. */
+  storage?: Pick<StorageHealth, 'snapshot'>;
 }
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
@@ -58,8 +53,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     requestIdHeader: 'x-request-id',
     logController: new LogController({ requestIdLogLabel: 'request_id' }),
     genReqId: () => uuidv7(),
-    ...deps.hardening.http,
-    routerOptions: { ignoreTrailingSlash: true, ...deps.hardening.http.routerOptions },
+    ...deps.http,
+    routerOptions: { ignoreTrailingSlash: true, ...deps.http.routerOptions },
   });
   const routeFacts = collectRouteFacts(app);
   const routePaths = collectPaths(app);
@@ -70,6 +65,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.setSerializerCompiler(serializerCompiler);
 
   await app.register(errorsPlugin);
+  await app.register(bodyGuard);
   await app.register(fastifySwagger, {
     openapi: {
       openapi: '3.1.0',
@@ -86,30 +82,15 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   await app.register(authPlugin, { keys: deps.keys });
   await app.register(securityHeaders);
-  await app.register(rateLimitPlugin, {
-    limiter: deps.hardening.limiter,
-    bus: deps.lifecycle.bus,
-    isRepeat: (req) => isRepeat(deps.hardening.idempotency, req),
-  });
   await app.register(metricsPlugin, { metrics: deps.metrics, engine: deps.engine });
 
   if (deps.objects.localPath) fs.mkdirSync(deps.objects.localPath('outputs'), { recursive: true });
-  await app.register(healthRoutes, { engine: deps.engine });
   await app.register(outputRoutes, { objects: deps.objects });
-  await app.register(runRoutes, {
-    lifecycle: deps.lifecycle,
-    engine: deps.engine,
-    intake: deps.intake,
-    prime: deps.prime,
-    baseUrl: deps.baseUrl,
-    waitCapSeconds: deps.waitCapSeconds,
-    objects: deps.objects,
-    idempotency: deps.hardening.idempotency,
-  });
-  await app.register(deleteRunRoutes, { lifecycle: deps.lifecycle, retention: deps.hardening.retention });
-  await app.register(runEventsRoutes, deps);
-  await app.register(textToImageRoutes, deps);
-  await app.register(openAiImagesRoutes, deps);
+
+  const surface: SurfaceDeps = { runs: deps.runs, engine: deps.engine, baseUrl: deps.baseUrl, storage: deps.storage };
+  await app.register(runflowSurface, surface);
+  await app.register(openAiSurface, surface);
+
   await app.register(playgroundRoutes);
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
   addMethodNotAllowed(app, routePaths);

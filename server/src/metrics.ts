@@ -1,12 +1,10 @@
-// Prometheus metrics: runs by status, queue depth, stage latencies, engine health, HTTP latencies; the
-// engine's own metrics are appended so one scrape sees both planes.
-import fp from 'fastify-plugin';
-import type { FastifyInstance } from 'fastify';
+// Prometheus metrics: runs by status, queue depth, stage latencies, engine health, HTTP latencies. The
+// registry lives below HTTP (dispatch observes stages); http/metrics.ts serves it with the engine's own.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Engine } from '../engine/supervisor.ts';
-import type { RunEventBus } from '../runs/events.ts';
-import type { RunStore } from '../runs/store.ts';
-import { isTerminal, RUN_STATUSES } from '../runs/types.ts';
+import type { EngineStatusView } from './engine/engine.ts';
+import type { RunEventBus } from './runs/events.ts';
+import type { RunStore } from './runs/store.ts';
+import { isTerminal, RUN_STATUSES } from './runs/types.ts';
 
 const STATES = ['starting', 'loading', 'ready', 'restarting', 'unavailable', 'stopped'];
 
@@ -33,7 +31,7 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(store: RunStore, engine: Engine, bus: RunEventBus) {
+  constructor(store: RunStore, engine: EngineStatusView, bus: RunEventBus) {
     collectDefaultMetrics({ register: this.registry, prefix: 'kleinserve_' });
     new Gauge({
       name: 'kleinserve_runs',
@@ -67,18 +65,3 @@ export class Metrics {
     });
   }
 }
-
-export default fp(async function metricsPlugin(app: FastifyInstance, opts: { metrics: Metrics; engine: Engine }) {
-  const { metrics, engine } = opts;
-  app.addHook('onResponse', async (req, reply) => {
-    metrics.http.observe(
-      { method: req.method, route: req.routeOptions.url ?? 'unmatched', code: String(reply.statusCode) },
-      reply.elapsedTime / 1000,
-    );
-  });
-  app.get('/metrics', { config: { public: true }, schema: { hide: true } }, async (_req, reply) => {
-    const [own, engineText] = await Promise.all([metrics.registry.metrics(), engine.metricsText()]);
-    reply.header('content-type', metrics.registry.contentType);
-    return own + (engineText ? '\n' + engineText : '');
-  });
-});

@@ -1,10 +1,10 @@
-// Hardening knobs (limits, quotas, idempotency window, retention), read from the environment once at start
-// and checked with zod so a typo fails loudly. Kept apart from config.ts so each part owns its settings.
+// Operating policy: per-key quotas, the idempotency window, retention and the HTTP slow-client guards, read
+// from the environment once at start and checked with zod so a typo fails loudly.
 import { z } from 'zod';
 
 const int = (def: number) => z.coerce.number().int().nonnegative().default(def);
 
-export const HardeningConfigSchema = z.object({
+export const PolicyConfigSchema = z.object({
   /** Per API key: runs not yet terminal (queued ones included). 0 turns the check off. */
   maxConcurrentRuns: int(64),
   /** Per API key: run creations per minute (fixed one-minute window). 0 turns the check off. */
@@ -15,6 +15,8 @@ export const HardeningConfigSchema = z.object({
   outputTtlMs: int(24 * 3600_000),
   recordTtlMs: int(30 * 24 * 3600_000),
   sweepIntervalMs: int(10 * 60_000),
+  /** Temp files, and files of runs that have no record, are swept once older than this. */
+  orphanGraceMs: int(15 * 60_000),
   /** Slow-client guards: whole request (headers + body) and headers alone must arrive within these. */
   requestTimeoutMs: int(60_000),
   headersTimeoutMs: int(15_000),
@@ -22,9 +24,9 @@ export const HardeningConfigSchema = z.object({
   keepAliveTimeoutMs: int(5_000),
 });
 
-export type HardeningConfig = z.infer<typeof HardeningConfigSchema>;
+export type PolicyConfig = z.infer<typeof PolicyConfigSchema>;
 
-const ENV: Record<keyof HardeningConfig, string> = {
+const ENV: Record<keyof PolicyConfig, string> = {
   maxConcurrentRuns: 'KLEINSERVE_MAX_CONCURRENT_RUNS',
   runsPerMinute: 'KLEINSERVE_RUNS_PER_MINUTE',
   slotTtlMs: 'KLEINSERVE_RATE_SLOT_TTL_MS',
@@ -32,21 +34,22 @@ const ENV: Record<keyof HardeningConfig, string> = {
   outputTtlMs: 'KLEINSERVE_OUTPUT_TTL_MS',
   recordTtlMs: 'KLEINSERVE_RECORD_TTL_MS',
   sweepIntervalMs: 'KLEINSERVE_SWEEP_INTERVAL_MS',
+  orphanGraceMs: 'KLEINSERVE_ORPHAN_GRACE_MS',
   requestTimeoutMs: 'KLEINSERVE_REQUEST_TIMEOUT_MS',
   headersTimeoutMs: 'KLEINSERVE_HEADERS_TIMEOUT_MS',
   maxHeaderBytes: 'KLEINSERVE_MAX_HEADER_BYTES',
   keepAliveTimeoutMs: 'KLEINSERVE_KEEP_ALIVE_TIMEOUT_MS',
 };
 
-export function loadHardeningConfig(env: NodeJS.ProcessEnv = process.env): HardeningConfig {
+export function loadPolicyConfig(env: NodeJS.ProcessEnv = process.env): PolicyConfig {
   const raw = Object.fromEntries(
     Object.entries(ENV)
       .map(([k, name]) => [k, env[name]])
       .filter(([, v]) => v !== undefined && v !== ''),
   );
-  const parsed = HardeningConfigSchema.safeParse(raw);
+  const parsed = PolicyConfigSchema.safeParse(raw);
   if (!parsed.success) {
-    const lines = parsed.error.issues.map((i) => `  ${ENV[i.path[0] as keyof HardeningConfig] ?? i.path.join('.')}: ${i.message}`);
+    const lines = parsed.error.issues.map((i) => `  ${ENV[i.path[0] as keyof PolicyConfig] ?? i.path.join('.')}: ${i.message}`);
     throw new Error(`invalid configuration:\n${lines.join('\n')}`);
   }
   return parsed.data;

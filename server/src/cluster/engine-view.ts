@@ -1,12 +1,11 @@
-// The api role has no engine of its own; the routes still ask one for readiness, limits and metrics. This
-// view answers from the regions: ready while some region is healthy, limits as the workers report them.
+// The api role has no engine of its own; health, intake limits and metrics still ask about one. This view
+// answers from the regions: ready while some region has live workers, limits as the workers report them.
 import { EventEmitter } from 'node:events';
-import type { GenerateResult } from '../engine/client.ts';
-import type { Engine, EngineState, EngineStatus } from '../engine/supervisor.ts';
+import type { EngineState, EngineStatus, EngineStatusView } from '../engine/engine.ts';
 import type { ClusterMetrics } from './metrics.ts';
 import type { RegionMonitor } from './region-monitor.ts';
 
-export class ClusterEngineView extends EventEmitter implements Engine {
+export class ClusterEngineView extends EventEmitter implements EngineStatusView {
   constructor(
     private readonly monitor: RegionMonitor,
     private readonly metrics: ClusterMetrics,
@@ -23,13 +22,7 @@ export class ClusterEngineView extends EventEmitter implements Engine {
     return this.monitor.limits();
   }
 
-  async generate(): Promise<GenerateResult> {
-    throw new Error('the api role has no engine; workers run the model');
-  }
-
-  async waitReady(): Promise<void> {}
-
-  status(): EngineStatus {
+  status(): EngineStatus & { regions: unknown[] } {
     const regions = [...this.monitor.states.values()];
     return {
       status: this.state,
@@ -42,7 +35,7 @@ export class ClusterEngineView extends EventEmitter implements Engine {
       limits: this.limits,
       error: null,
       regions,
-    } as EngineStatus;
+    };
   }
 
   metricsText(): Promise<string> {

@@ -1,7 +1,7 @@
 // Worker liveness lives in the worker's own region Redis: one key per worker with a TTL, rewritten every
 // interval. A worker that dies (or loses its Redis) simply stops being counted once the TTL passes.
 import type { Redis } from 'ioredis';
-import type { EngineLimits } from '../engine/client.ts';
+import type { EngineLimits } from '../engine/limits.ts';
 
 export const HEARTBEAT_PREFIX = 'kleinserve:worker:';
 

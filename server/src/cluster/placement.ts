@@ -2,7 +2,7 @@
 // region with the most idle slots, else any healthy region still under its queue limit (home first).
 // When none qualifies: 429 RATE_LIMITED with Retry-After, or (backpressure "queue") park the run unplaced
 // within a global bound until the sweeper can place it.
-import { ApiError } from '../routes/errors.ts';
+import { ServiceError } from '../errors.ts';
 import type { RegionState } from './region-monitor.ts';
 
 export interface PlacementOptions {
@@ -40,11 +40,10 @@ function pick(healthy: RegionState[], extra: Map<string, number>, opts: Placemen
 }
 
 /**
- * Decides each new run's region synchronously during the POST (from cached states), remembers it for the
- * store's insert and the enqueue that follows, and refuses when the cluster is full.
+ * Decides each new run's region synchronously during its create (from cached region states, plus what this
+ * replica placed since), and refuses when the cluster is full. The decision itself goes on the run record.
  */
 export class Placement {
-  private readonly pending = new Map<string, { region: string | null; at: number }>();
   private extra = new Map<string, number>();
   /**
    * Unfinished runs cluster-wide, as of the last sweep plus what this replica admitted since. Other replicas'
@@ -62,38 +61,19 @@ export class Placement {
   refreshed(unfinished: number): void {
     this.extra = new Map();
     this.unfinished = unfinished;
-    const cutoff = Date.now() - 60_000;
-    for (const [id, p] of this.pending) if (p.at < cutoff) this.pending.delete(id);
   }
 
-  place(runId: string): string | null {
+  /** The region for one new run; null parks it (backpressure "queue") until the sweeper can place it. */
+  place(): string | null {
     const region = chooseRegion(this.states(), this.extra, this.opts, true);
     if (region) {
       this.extra.set(region, (this.extra.get(region) ?? 0) + 1);
       this.unfinished++;
     } else if (this.opts.backpressure !== 'queue' || this.unfinished >= this.opts.globalQueueLimit) {
-      throw new ApiError(
-        429,
-        'RATE_LIMITED',
-        'every region is at its queue limit or unavailable; retry later',
-        [],
-        { 'retry-after': String(this.opts.retryAfterSeconds) },
-      );
+      throw new ServiceError('rate_limited', 'RATE_LIMITED', 'every region is at its queue limit or unavailable; retry later', [], this.opts.retryAfterSeconds);
     } else {
       this.unfinished++;
     }
-    this.pending.set(runId, { region, at: Date.now() });
     return region;
-  }
-
-  regionOf(runId: string): string | null {
-    return this.pending.get(runId)?.region ?? null;
-  }
-
-  /** The region chosen for a run created by this replica, once (the enqueue consumes it). */
-  take(runId: string): { region: string | null } | undefined {
-    const p = this.pending.get(runId);
-    this.pending.delete(runId);
-    return p;
   }
 }

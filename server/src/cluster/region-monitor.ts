@@ -2,8 +2,7 @@
 // how deep is its queue, how long has its oldest job waited. Health is derived from these three signals.
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { DEFAULT_LIMITS } from '../engine/supervisor.ts';
-import type { EngineLimits } from '../engine/client.ts';
+import { DEFAULT_ENGINE_LIMITS, type EngineLimits } from '../engine/limits.ts';
 import { openQueue, type RunJobData } from '../dispatch/bullmq-queue.ts';
 import { readHeartbeats } from './heartbeat.ts';
 import { producerConnection, withTimeout } from './redis.ts';
@@ -129,7 +128,7 @@ export class RegionMonitor {
   /** Engine limits as the workers report them (all workers serve the same model), for intake checks. */
   limits(): EngineLimits {
     for (const s of this.states.values()) if (s.limits) return s.limits;
-    return DEFAULT_LIMITS;
+    return DEFAULT_ENGINE_LIMITS;
   }
 }
 

@@ -4,12 +4,12 @@
 import type { Logger } from 'pino';
 import type { DecodedImage } from '../images/index.ts';
 import { EngineConnectionError, EngineDeadlineError, EngineError, type GenerateResult } from '../engine/client.ts';
-import { ModelUnavailableError, type Engine } from '../engine/supervisor.ts';
+import { ModelUnavailableError, type Engine } from '../engine/engine.ts';
+import type { Metrics } from '../metrics.ts';
 import type { RunLifecycle } from '../runs/lifecycle.ts';
-import type { RunRecord, RunTiming, StoredOutputImage } from '../runs/types.ts';
+import { isTerminal, type RunRecord, type RunTiming, type StoredOutputImage } from '../runs/types.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { StorageWriteError } from '../storage/write-failure.ts';
-import type { Metrics } from '../plugins/metrics.ts';
 import { prepareImages, PreprocessFailure, type PreprocessDeps } from './preprocess.ts';
 
 export interface DispatcherDeps {
@@ -41,14 +41,28 @@ export class LocalDispatcher {
       if (ev.type !== 'status') return;
       if (ev.run.status === 'queued') this.pump();
       if (ev.run.status === 'canceled') this.active.get(ev.run.id)?.abort();
+      // A run that ends without being processed here (canceled or failed while queued) drops its images too.
+      if (isTerminal(ev.run.status)) this.decodedCache.delete(ev.run.id);
     });
     engine.on('state', this.onEngineState);
     this.pump();
   }
 
-  /** Inline images decoded during the POST; used once, then dropped. */
-  prime(runId: string, decoded: Map<number, DecodedImage>): void {
+  /**
+   * Inline images decoded during the POST, held before the run is stored (once stored it is claimable);
+   * used once, dropped when the run is processed or ends, or by `drop` when it was never created.
+   */
+  hold(runId: string, decoded: Map<number, DecodedImage>): void {
     if (decoded.size) this.decodedCache.set(runId, decoded);
+  }
+
+  drop(runId: string): void {
+    this.decodedCache.delete(runId);
+  }
+
+  /** Runs whose decoded images are held (for tests and leak checks). */
+  get held(): number {
+    return this.decodedCache.size;
   }
 
   get inFlight(): number {

@@ -1,7 +1,8 @@
 // The preprocess stage: every image of a run becomes decoded RGB for the engine. URL images are fetched
 // here (under the SSRF guard); inline ones come from the intake's cache or, after a restart, from storage.
 import { decodeImage, fetchImage, ImageInputError, type DecodedImage, type FetchOptions } from '../images/index.ts';
-import type { EngineImage, EngineLimits } from '../engine/client.ts';
+import type { EngineImage } from '../engine/client.ts';
+import type { EngineLimits } from '../engine/limits.ts';
 import { decodeOptions } from '../runs/intake.ts';
 import type { RunRecord } from '../runs/types.ts';
 import type { ObjectStore } from '../storage/object-store.ts';

@@ -1,4 +1,4 @@
-// A worker's side of cluster mode: BullMQ delivers run ids from the region's queue; Postgres decides who
+// The worker role's side of cluster mode: BullMQ delivers run ids from the region's queue; Postgres decides who
 // runs them. For each job: claim the run with a lease (conditional UPDATE + fresh token), hand it to the
 // same LocalDispatcher the embedded role uses (preprocess -> engine -> outputs -> lifecycle), renew the
 // lease while it runs, and return once the run is terminal. Every lifecycle write is fenced by the token,
@@ -7,8 +7,8 @@ import { randomUUID } from 'node:crypto';
 import { Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import type { Engine } from '../engine/supervisor.ts';
-import type { Metrics } from '../plugins/metrics.ts';
+import type { Engine } from '../engine/engine.ts';
+import type { Metrics } from '../metrics.ts';
 import { RunEventBus } from '../runs/events.ts';
 import { RunLifecycle } from '../runs/lifecycle.ts';
 import type { PostgresStore } from '../runs/postgres-store.ts';
@@ -19,7 +19,7 @@ import { QUEUE_NAME, type RunJobData } from './bullmq-queue.ts';
 import { LocalDispatcher } from './local-dispatcher.ts';
 import type { PreprocessDeps } from './preprocess.ts';
 
-export interface ClusterWorkerOptions {
+export interface RegionConsumerOptions {
   id: string;
   region: string;
   store: PostgresStore;
@@ -39,7 +39,7 @@ export interface ClusterWorkerOptions {
 
 type Outcome = 'done' | 'requeued' | 'lost';
 
-export class ClusterWorker {
+export class RegionConsumer {
   readonly bus = new RunEventBus();
   private readonly tokens = new Map<string, string>();
   private readonly inbox: RunRecord[] = [];
@@ -48,7 +48,7 @@ export class ClusterWorker {
   private worker: Worker<RunJobData> | null = null;
   private stopping = false;
 
-  constructor(private readonly o: ClusterWorkerOptions) {
+  constructor(private readonly o: RegionConsumerOptions) {
     this.lifecycle = new RunLifecycle(this.fencedStore(), this.bus, {
       maxAttempts: o.maxAttempts,
       logger: o.logger,

@@ -1,6 +1,7 @@
 // One multiplexed connection to the engine: many concurrent requests matched by id, progress frames routed
 // to their request, and an idle deadline per request so a hung engine is noticed.
 import net from 'node:net';
+import type { EngineLimits } from './limits.ts';
 import { encodeFrame, FrameDecoder, type Frame, type FrameHeader } from './protocol.ts';
 
 export class EngineError extends Error {
@@ -58,16 +59,6 @@ export interface ProgressEvent {
   steps: number;
   step_ms?: number;
   elapsed_ms?: number;
-}
-
-export interface EngineLimits {
-  max_ref_pixels: number;
-  min_side: number;
-  max_aspect: number;
-  max_images: number;
-  max_steps: number;
-  max_output_pixels: number;
-  max_batch: number;
 }
 
 export interface EngineHealth {

@@ -10,23 +10,12 @@ import {
   EngineClient,
   EngineDeadlineError,
   type EngineHealth,
-  type EngineLimits,
   type GenerateParams,
   type GenerateResult,
   type RequestOptions,
 } from './client.ts';
-
-export type EngineState = 'starting' | 'loading' | 'ready' | 'restarting' | 'unavailable' | 'stopped';
-
-export const DEFAULT_LIMITS: EngineLimits = {
-  max_ref_pixels: 1048576,
-  min_side: 64,
-  max_aspect: 8,
-  max_images: 4,
-  max_steps: 50,
-  max_output_pixels: 4194304,
-  max_batch: 4,
-};
+import { ModelUnavailableError, type Engine, type EngineState, type EngineStatus } from './engine.ts';
+import { DEFAULT_ENGINE_LIMITS, type EngineLimits } from './limits.ts';
 
 export interface SupervisorOptions {
   python: string;
@@ -60,35 +49,10 @@ export function localEngine(
   });
 }
 
-/** What the dispatcher needs from an engine; the worker role of cluster mode reuses it. */
-export interface Engine extends EventEmitter {
-  readonly state: EngineState;
-  readonly limits: EngineLimits;
-  generate(params: GenerateParams, opts?: RequestOptions): Promise<GenerateResult>;
-  waitReady(signal?: AbortSignal): Promise<void>;
-  status(): EngineStatus;
-  metricsText(): Promise<string>;
-}
-
-export interface EngineStatus {
-  status: EngineState;
-  ok: boolean;
-  pid: number | null;
-  restarts: number;
-  model: string;
-  device?: string;
-  dtype?: string;
-  queue_depth?: number;
-  in_flight?: number;
-  limits: EngineLimits;
-  error: string | null;
-}
-
-export class ModelUnavailableError extends Error {}
 
 export class EngineSupervisor extends EventEmitter implements Engine {
   state: EngineState = 'stopped';
-  limits: EngineLimits = DEFAULT_LIMITS;
+  limits: EngineLimits = DEFAULT_ENGINE_LIMITS;
   private child: ChildProcess | null = null;
   private client: EngineClient | null = null;
   private lastHealth: EngineHealth | null = null;

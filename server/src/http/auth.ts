@@ -1,9 +1,11 @@
 // Bearer API keys on every route except those that opt out with `config: { public: true }` (health,
-// metrics, OpenAPI, outputs, whose URLs are unguessable).
+// metrics, OpenAPI, outputs, whose URLs are unguessable). The caller handed to the run service is the
+// hash of its key, never the key itself.
 import fp from 'fastify-plugin';
-import type { FastifyInstance } from 'fastify';
-import type { KeyRing } from '../auth/keys.ts';
-import { ApiError } from '../routes/errors.ts';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { hashKey, type KeyRing } from '../auth/keys.ts';
+import { ServiceError } from '../errors.ts';
+import type { Caller } from '../runs/service.ts';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -11,15 +13,24 @@ declare module 'fastify' {
   }
 }
 
+export function bearerKey(req: FastifyRequest): string | null {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+  return m ? m[1] : null;
+}
+
+/** The caller's identity for idempotency and quotas. */
+export function callerOf(req: FastifyRequest): Caller {
+  const key = bearerKey(req);
+  return { scope: key ? hashKey(key) : 'anonymous', log: req.log as Caller['log'] };
+}
+
 export default fp(async function authPlugin(app: FastifyInstance, opts: { keys: KeyRing }) {
   app.addHook('onRequest', async (req) => {
     if (req.routeOptions.config?.public || !req.routeOptions.url) return;
     const header = req.headers.authorization;
-    const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-    if (!m || !opts.keys.check(m[1])) {
-      throw new ApiError(401, 'UNAUTHORIZED', header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key>', [], {
-        'www-authenticate': 'Bearer',
-      });
+    const key = bearerKey(req);
+    if (!key || !opts.keys.check(key)) {
+      throw new ServiceError('unauthorized', 'UNAUTHORIZED', header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key>');
     }
   });
 });

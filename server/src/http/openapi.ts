@@ -3,9 +3,15 @@
 // keyed ones 401, routes with path parameters 404, creates 429 (quotas) and 503 (model unavailable).
 // Only the document changes; responses are still serialized by each route's own schemas.
 import type { FastifyInstance } from 'fastify';
-import { createsRun } from '../limits/rate-limit-plugin.ts';
 
 type Json = Record<string, any>;
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The route creates runs: it may answer 409 (idempotency), 429 (quotas, full cluster) and 503. */
+    createsRun?: boolean;
+  }
+}
 
 const ERROR_REF = { $ref: '#/components/schemas/Error' };
 const DESCRIPTIONS: Record<string, string> = {
@@ -30,7 +36,7 @@ export function collectRouteFacts(app: FastifyInstance): { isPublic: Set<string>
     for (const m of methods) {
       const key = `${m.toLowerCase()} ${path}`;
       if (route.config?.public) facts.isPublic.add(key);
-      if (createsRun({ method: m, routeOptions: { url: route.url } } as never)) facts.creates.add(key);
+      if (route.config?.createsRun) facts.creates.add(key);
     }
   });
   return facts;

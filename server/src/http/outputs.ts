@@ -5,7 +5,12 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { FastifyReply } from 'fastify';
 import type { ObjectStore } from '../storage/object-store.ts';
-import { ApiError } from './errors.ts';
+import { ServiceError } from '../errors.ts';
+
+/** The public URL of a stored output, for every surface's answers. */
+export function outputUrl(baseUrl: string, key: string): string {
+  return `${baseUrl}/v1/outputs/${key.replace(/^outputs\//, '')}`;
+}
 
 const outputRoutes: FastifyPluginAsyncZod<{ objects: ObjectStore & { root?: string } }> = async (app, { objects }) => {
   // Local files go through @fastify/static (Range, ETag); an object store without local files (S3 in a
@@ -40,7 +45,7 @@ async function proxy(objects: ObjectStore, key: string, reply: FastifyReply) {
   try {
     body = await objects.stream(key);
   } catch (err) {
-    if ((err as { code?: string }).code === 'ENOENT') throw new ApiError(404, 'NOT_FOUND', 'no such output');
+    if ((err as { code?: string }).code === 'ENOENT') throw new ServiceError('not_found', 'NOT_FOUND', 'no such output');
     throw err;
   }
   return reply

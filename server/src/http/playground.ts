@@ -5,7 +5,11 @@ import type { FastifyInstance } from 'fastify';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-export const DEFAULT_PLAYGROUND_DIR = fileURLToPath(new URL('../../../web/dist/', import.meta.url));
+// An installed package carries its build in <package>/playground (see scripts/pack-assets.mjs); a checkout has web/dist.
+const PACKAGED_PLAYGROUND_DIR = fileURLToPath(new URL('../../playground/', import.meta.url));
+export const DEFAULT_PLAYGROUND_DIR = existsSync(PACKAGED_PLAYGROUND_DIR)
+  ? PACKAGED_PLAYGROUND_DIR
+  : fileURLToPath(new URL('../../../web/dist/', import.meta.url));
 
 export async function playgroundRoutes(app: FastifyInstance, opts: { dir?: string } = {}): Promise<void> {
   const root = opts.dir ?? DEFAULT_PLAYGROUND_DIR;
@@ -15,7 +19,7 @@ export async function playgroundRoutes(app: FastifyInstance, opts: { dir?: strin
     );
     return;
   }
-  // The page and its assets are public (auth opt-out, see plugins/auth.ts); the API calls it makes are not.
+  // The page and its assets are public (auth opt-out, see http/auth.ts); the API calls it makes are not.
   app.addHook('onRoute', (route) => {
     route.config = { ...(route.config as object), public: true };
   });

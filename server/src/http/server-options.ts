@@ -2,10 +2,11 @@
 // (slow-loris), idle keep-alive sockets. The socket idle timeout must outlast the longest quiet response,
 // a `Prefer: wait` hold, or the server would cut its own held requests.
 import type { FastifyServerOptions } from 'fastify';
-import type { HardeningConfig } from './config.ts';
+import type { PolicyConfig } from '../policy-config.ts';
+import { frameworkErrorOptions } from './framework-errors.ts';
 import { redactingChildLogger } from './log-redaction.ts';
 
-export function httpLimitOptions(cfg: HardeningConfig, waitCapSeconds: number): Partial<FastifyServerOptions> {
+export function httpServerOptions(cfg: PolicyConfig, waitCapSeconds: number): Partial<FastifyServerOptions> {
   return {
     http: { maxHeaderSize: cfg.maxHeaderBytes, headersTimeout: cfg.headersTimeoutMs, requestTimeout: cfg.requestTimeoutMs, connectionsCheckingInterval: 1000 },
     // ^ how often Node enforces the two timeouts above; its 30 s default lets a slow client linger.
@@ -19,5 +20,7 @@ export function httpLimitOptions(cfg: HardeningConfig, waitCapSeconds: number): 
     routerOptions: { maxParamLength: 4096 },
     // Not a limit, but a server option too: request lines are logged with output tokens masked.
     childLoggerFactory: redactingChildLogger,
+    // Errors raised before routing (bad URL encoding, slow or unparseable requests) in the contract shape.
+    ...frameworkErrorOptions,
   } as Partial<FastifyServerOptions>;
 }

@@ -1,8 +1,6 @@
-// Request -> idempotency claim. The key is the `Idempotency-Key` header, else the body's `client_ref`,
-// scoped to the caller's API key (by hash) so two customers never share a key space.
-import type { FastifyRequest } from 'fastify';
-import { hashKey } from '../auth/keys.ts';
-import { ApiError, validationError } from '../routes/errors.ts';
+// Idempotency claims: the first request with a key (per caller) creates the run, a repeat within the window
+// gets that run back, a repeat that arrives while the first is still creating waits for it.
+import { ServiceError } from '../errors.ts';
 import type { IdempotencyStore } from './store.ts';
 
 export interface IdempotencyOptions {
@@ -19,38 +17,7 @@ export type Claim =
   | { kind: 'existing'; runId: string }
   | { kind: 'new'; bind(runId: string): Promise<void>; release(): Promise<void> };
 
-const MAX_KEY = 255;
-
-export function idempotencyKeyOf(req: FastifyRequest, clientRef: string | null | undefined): string | null {
-  const header = req.headers['idempotency-key'];
-  const value = Array.isArray(header) ? header[0] : header;
-  if (value !== undefined) {
-    if (value.length === 0 || value.length > MAX_KEY) {
-      throw validationError([{ field: 'header.idempotency-key', reason: `must be 1 to ${MAX_KEY} characters` }]);
-    }
-    return value;
-  }
-  return clientRef ? clientRef : null;
-}
-
-/** The caller's identity for idempotency and quotas: the hash of its bearer key, never the key itself. */
-export function callerScope(req: FastifyRequest): string {
-  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
-  return m ? hashKey(m[1]) : 'anonymous';
-}
-
-/** A repeat of an earlier create (same key, in the window): it creates nothing, so quotas let it through. */
-export async function isRepeat(opts: IdempotencyOptions, req: FastifyRequest): Promise<boolean> {
-  const body = req.body as { client_ref?: unknown } | undefined;
-  const clientRef = typeof body?.client_ref === 'string' ? body.client_ref : null;
-  let key: string | null;
-  try {
-    key = idempotencyKeyOf(req, clientRef);
-  } catch {
-    return false; // the route itself answers the bad header
-  }
-  return key !== null && opts.store.isLive(callerScope(req), key, Date.now(), opts.windowMs);
-}
+export const MAX_IDEMPOTENCY_KEY = 255;
 
 export async function claimIdempotency(opts: IdempotencyOptions, scope: string, key: string | null): Promise<Claim> {
   if (key === null) return { kind: 'none' };
@@ -67,9 +34,7 @@ export async function claimIdempotency(opts: IdempotencyOptions, scope: string, 
     }
     if (r.runId) return { kind: 'existing', runId: r.runId };
     if (Date.now() > deadline) {
-      throw new ApiError(409, 'IDEMPOTENCY_CONFLICT', 'a request with the same idempotency key is still being processed; retry shortly', [], {
-        'retry-after': '1',
-      });
+      throw new ServiceError('conflict', 'IDEMPOTENCY_CONFLICT', 'a request with the same idempotency key is still being processed; retry shortly', [], 1);
     }
     await new Promise((r) => setTimeout(r, 50));
   }

@@ -3,7 +3,8 @@
 import fp from 'fastify-plugin';
 import type { FastifyError, FastifyInstance } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
-import { ApiError, type FieldError } from '../routes/errors.ts';
+import { ServiceError, type FieldError } from '../errors.ts';
+import { errorHeaders, STATUS_OF } from '../http/status.ts';
 
 type ZodIssueLike = { instancePath: string; message: string; keyword: string; params: Record<string, unknown> };
 
@@ -35,10 +36,10 @@ export function zodIssuesToFieldErrors(issues: ZodIssueLike[], context: string |
 }
 
 export default fp(async function errorsPlugin(app: FastifyInstance) {
-  app.setErrorHandler((err: FastifyError | ApiError, req, reply) => {
-    if (err instanceof ApiError) {
-      reply.headers(err.headers);
-      return reply.code(err.statusCode).send({ code: err.code, message: err.message, errors: err.errors });
+  app.setErrorHandler((err: FastifyError | ServiceError, req, reply) => {
+    if (err instanceof ServiceError) {
+      reply.headers(errorHeaders(err));
+      return reply.code(STATUS_OF[err.kind]).send({ code: err.code, message: err.message, errors: err.errors });
     }
     if (hasZodFastifySchemaValidationErrors(err)) {
       const errors = zodIssuesToFieldErrors(err.validation as unknown as ZodIssueLike[], err.validationContext);

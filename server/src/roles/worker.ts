@@ -2,37 +2,31 @@
 // (restarted when it crashes or hangs), heartbeats into its region's Redis, and runs the jobs of its
 // region's queue through the same lifecycle and dispatcher as `serve`.
 import { randomBytes } from 'node:crypto';
-import fs from 'node:fs';
 import os from 'node:os';
-import { pino } from 'pino';
 import { HeartbeatWriter } from '../cluster/heartbeat.ts';
 import { publishProgress } from '../cluster/progress.ts';
 import { workerConnection } from '../cluster/redis.ts';
 import type { RegionSpec } from '../cluster/regions.ts';
 import type { Config } from '../config.ts';
-import { ClusterWorker } from '../dispatch/bullmq-worker.ts';
+import { RegionConsumer } from '../dispatch/region-consumer.ts';
 import { localEngine } from '../engine/supervisor.ts';
-import { parseAllowlist } from '../images/index.ts';
 import { PostgresStore } from '../runs/postgres-store.ts';
-import { callbackEnvelope } from '../runs/run-object.ts';
 import { openObjectStore } from '../storage/open-store.ts';
-import { onSignals } from './api.ts';
+import { guardProcess } from '../process-guard.ts';
+import { announce, bootstrapRole, onSignals } from './bootstrap.ts';
 import type { ClusterConfig } from './cluster-config.ts';
 
-const announce = (obj: Record<string, unknown>) => process.stdout.write(JSON.stringify(obj) + '\n');
-
 export async function runWorker(cfg: Config, cluster: ClusterConfig, region: RegionSpec): Promise<void> {
-  fs.mkdirSync(cfg.dataDir, { recursive: true });
   const id = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
-  const logger = pino({ level: cfg.logLevel, base: { role: 'worker', region: region.name, worker: id } }, pino.destination(2));
-  const store = await PostgresStore.open(cluster.databaseUrl, { max: Math.max(4, cfg.concurrency + 2) });
-  const objects = openObjectStore(cluster.storage, cfg.fsync);
-  const connection = workerConnection(region.redisUrl);
-  const engine = localEngine(cfg, logger.child({ part: 'engine' }));
   // Workers only write callbacks into the Postgres outbox (api replicas deliver them); their bodies need
   // public URLs, which in a cluster is the load balancer's address (PUBLIC_BASE_URL).
-  const baseUrl = cfg.publicBaseUrl?.replace(/\/+$/, '') ?? '';
-  const worker = new ClusterWorker({
+  const base = bootstrapRole('worker', cfg, { bindings: { region: region.name, worker: id } });
+  const { logger } = base;
+  const store = await PostgresStore.open(cluster.databaseUrl, { max: Math.max(4, cfg.concurrency + 2), onWriteFailure: base.storage.report });
+  const objects = openObjectStore(cluster.storage, cfg.fsync, base.storage.report);
+  const connection = workerConnection(region.redisUrl);
+  const engine = localEngine(cfg, logger.child({ part: 'engine' }));
+  const worker = new RegionConsumer({
     id,
     region: region.name,
     store,
@@ -44,13 +38,13 @@ export async function runWorker(cfg: Config, cluster: ClusterConfig, region: Reg
     maxAttempts: cfg.maxAttempts,
     leaseMs: cluster.leaseMs,
     stalledIntervalMs: cluster.stalledIntervalMs,
-    callbackBody: (run) => callbackEnvelope(run, baseUrl),
+    callbackBody: base.callbackBody,
     preprocess: {
       objects,
       limits: () => engine.limits,
       maxInputPixels: cfg.maxInputPixels,
       fetch: {
-        allowlist: parseAllowlist(cfg.fetchAllowlist),
+        allowlist: base.allowlist,
         timeoutMs: cfg.fetchTimeoutMs,
         maxBytes: cfg.fetchMaxBytes,
         maxRedirects: cfg.fetchMaxRedirects,
@@ -82,6 +76,7 @@ export async function runWorker(cfg: Config, cluster: ClusterConfig, region: Reg
   await worker.start();
   announce({ event: 'worker_started', id, region: region.name, pid: process.pid, concurrency: cfg.concurrency });
 
+  guardProcess(logger);
   onSignals(logger, async () => {
     await heartbeat.stop(id);
     await worker.stop(cfg.shutdownGraceMs);

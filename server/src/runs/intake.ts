@@ -1,5 +1,5 @@
-// Request -> validated run. Inline images are decoded now (a refusal is a 422 naming the field) and their
-// bytes persisted; URL images are checked against the SSRF guard now and fetched in the preprocess stage.
+// Canonical request -> validated run record. Inline images are decoded now (a refusal names the field) and
+// their bytes persisted; URL images are checked against the SSRF guard now and fetched in the preprocess stage.
 import { randomBytes, randomInt } from 'node:crypto';
 import { v7 as uuidv7 } from 'uuid';
 import {
@@ -10,11 +10,11 @@ import {
   type DecodedImage,
   type FetchAllowlist,
 } from '../images/index.ts';
-import { ApiError, validationError, type FieldError } from '../routes/errors.ts';
-import { normalizeEditInput, type CreateRunBody } from '../routes/runs.schemas.ts';
+import { invalidInput, ServiceError, type FieldError } from '../errors.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { StorageWriteError } from '../storage/write-failure.ts';
-import type { EngineLimits } from '../engine/client.ts';
+import type { RunRequest } from './inputs.ts';
+import type { EngineLimits } from './limits.ts';
 import type { RunRecord, StoredImage } from './types.ts';
 
 export interface IntakeDeps {
@@ -26,10 +26,12 @@ export interface IntakeDeps {
   checkCallbacks: boolean;
 }
 
+/** Inline images decoded during intake, by index, so dispatch need not decode them again. */
+export type DecodedImages = Map<number, DecodedImage>;
+
 export interface Intake {
   run: RunRecord;
-  /** Decoded inline images by index, handed to the dispatcher so it need not decode them again. */
-  decoded: Map<number, DecodedImage>;
+  decoded: DecodedImages;
 }
 
 export function decodeOptions(limits: EngineLimits, maxInputPixels: number) {
@@ -41,18 +43,22 @@ export function decodeOptions(limits: EngineLimits, maxInputPixels: number) {
   };
 }
 
-export async function intakeEditRun(deps: IntakeDeps, modelId: string, body: CreateRunBody): Promise<Intake> {
-  const params = normalizeEditInput(body.input);
+/** Field names are the canonical run's (Runflow's wire names); other surfaces rename them for their callers. */
+export const imageField = (i: number) => `input.image_urls[${i}]`;
+
+export async function intakeRun(deps: IntakeDeps, req: RunRequest): Promise<Intake> {
+  const { input } = req;
   const id = uuidv7();
   const errors: FieldError[] = [];
   const images: (StoredImage | null)[] = [];
-  const decoded = new Map<number, DecodedImage>();
+  const decoded: DecodedImages = new Map();
   const inline: { key: string; stored: Promise<void> }[] = [];
-  const opts = decodeOptions(deps.limits(), deps.maxInputPixels);
+  const limits = deps.limits();
+  const opts = decodeOptions(limits, deps.maxInputPixels);
 
   await Promise.all(
-    body.input.image_urls.map(async (value, i) => {
-      const field = `input.image_urls[${i}]`;
+    input.images.map(async (value, i) => {
+      const field = imageField(i);
       try {
         const src = parseImageSource(value, field);
         if (src.kind === 'url') {
@@ -74,21 +80,21 @@ export async function intakeEditRun(deps: IntakeDeps, modelId: string, body: Cre
       }
     }),
   );
-  if (body.callback_url && deps.checkCallbacks) {
+  if (req.callback_url && deps.checkCallbacks) {
     try {
-      await checkUrlAllowed(new URL(body.callback_url), 'callback_url', deps.allowlist);
+      await checkUrlAllowed(new URL(req.callback_url), 'callback_url', deps.allowlist);
     } catch (err) {
       if (!(err instanceof ImageInputError)) throw err;
       errors.push({ field: 'callback_url', reason: err.reason });
     }
   }
-  if (params.steps > deps.limits().max_steps) {
-    errors.push({ field: 'input.steps', reason: `must be at most ${deps.limits().max_steps}` });
+  if (input.steps > limits.max_steps) {
+    errors.push({ field: 'input.steps', reason: `must be at most ${limits.max_steps}` });
   }
   if (errors.length) {
     await Promise.allSettled(inline.map((o) => o.stored));
     await Promise.allSettled(inline.map((o) => deps.objects.delete(o.key)));
-    throw validationError(errors.sort((a, b) => a.field.localeCompare(b.field)));
+    throw invalidInput(errors.sort((a, b) => a.field.localeCompare(b.field)));
   }
   try {
     await Promise.all(inline.map((o) => o.stored));
@@ -102,22 +108,22 @@ export async function intakeEditRun(deps: IntakeDeps, modelId: string, body: Cre
   const run: RunRecord = {
     id,
     status: 'queued',
-    model_id: modelId,
+    model_id: req.model_id,
     input: {
-      prompt: params.prompt,
+      prompt: input.prompt,
       images: images as StoredImage[],
-      seed: params.seed ?? randomInt(0, 2 ** 47),
-      steps: params.steps,
-      output_format: params.output_format,
-      output_quality: params.output_quality,
-      width: params.width,
-      height: params.height,
-      num_images: params.num_images,
+      seed: input.seed ?? randomInt(0, 2 ** 47),
+      steps: input.steps,
+      output_format: input.output_format,
+      output_quality: input.output_quality,
+      width: input.width,
+      height: input.height,
+      num_images: input.num_images,
     },
     output: null,
-    metadata: body.metadata ?? null,
-    client_ref: body.client_ref ?? null,
-    callback_url: body.callback_url ?? null,
+    metadata: req.metadata,
+    client_ref: req.client_ref,
+    callback_url: req.callback_url,
     created_at: Date.now(),
     started_at: null,
     completed_at: null,
@@ -131,7 +137,7 @@ export async function intakeEditRun(deps: IntakeDeps, modelId: string, body: Cre
 }
 
 export function assertModelAvailable(state: string, error: string | null): void {
-  if (state === 'unavailable') throw new ApiError(503, 'MODEL_UNAVAILABLE', `the model cannot be loaded: ${error ?? 'unknown error'}`);
+  if (state === 'unavailable') throw new ServiceError('unavailable', 'MODEL_UNAVAILABLE', `the model cannot be loaded: ${error ?? 'unknown error'}`);
 }
 
 /**

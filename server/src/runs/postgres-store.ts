@@ -46,8 +46,6 @@ function toColumn(key: string, value: unknown): unknown {
 }
 
 export interface PostgresStoreOptions {
-  /** The api role decides a new run's region before the insert (see cluster/placement.ts). */
-  regionOf?: (runId: string) => string | null;
   max?: number;
   onWriteFailure?: WriteFailureListener;
 }
@@ -94,7 +92,8 @@ export class PostgresStore implements RunStore, DeliveryStore {
 
   async insert(run: RunRecord): Promise<void> {
     const values = COLUMNS.map((c) => toColumn(c, (run as unknown as Row)[c]));
-    const region = this.opts.regionOf?.(run.id) ?? null;
+    // Admission wrote the region on the run (cluster/region-admission.ts); null parks it for the sweeper.
+    const region = run.region ?? null;
     await this.write('run record', () =>
       this.pool.query(
         `INSERT INTO runs (${COLUMNS.join(',')}, region) VALUES (${COLUMNS.map((_, i) => `$${i + 1}`).join(',')}, $${COLUMNS.length + 1})`,

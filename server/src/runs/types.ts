@@ -1,4 +1,4 @@
-// The run as the control plane keeps it. run-object.ts turns it into the public contract shape.
+// The run as the control plane keeps it. Each surface renders it into its own wire shape.
 export const RUN_STATUSES = ['queued', 'dispatching', 'running', 'succeeded', 'failed', 'canceled'] as const;
 export type RunStatus = (typeof RUN_STATUSES)[number];
 export const TERMINAL: ReadonlySet<RunStatus> = new Set(['succeeded', 'failed', 'canceled']);
@@ -60,6 +60,8 @@ export interface RunRecord {
   attempts: number;
   /** Random per-run part of the output key: unguessable, and stable so a retried run overwrites, never doubles. */
   output_token: string;
+  /** Where admission sent the run: a cluster region, or absent/null for the local engine (and parked runs). */
+  region?: string | null;
 }
 
 export type RunPatch = Partial<Omit<RunRecord, 'id' | 'model_id' | 'input' | 'created_at' | 'output_token'>>;

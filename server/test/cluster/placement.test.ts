@@ -1,7 +1,11 @@
 // Region choice and backpressure, from region states (pure logic; the scenarios exercise it for real).
 import { describe, expect, it } from 'vitest';
 import { chooseRegion, Placement, type PlacementOptions } from '../../src/cluster/placement.ts';
-import type { RegionState } from '../../src/cluster/region-monitor.ts';
+import { pino } from 'pino';
+import type { ClusterMetrics } from '../../src/cluster/metrics.ts';
+import { RegionAdmission } from '../../src/cluster/region-admission.ts';
+import type { RegionMonitor, RegionState } from '../../src/cluster/region-monitor.ts';
+import type { RunRecord } from '../../src/runs/types.ts';
 
 const opts: PlacementOptions = { regionQueueLimit: 10, backpressure: 'reject', globalQueueLimit: 5, retryAfterSeconds: 7 };
 const region = (name: string, s: Partial<RegionState> = {}): RegionState => ({
@@ -40,23 +44,43 @@ describe('Placement backpressure', () => {
 
   it('reject: 429 RATE_LIMITED with Retry-After when no region can take the run', () => {
     const p = new Placement(() => full, opts);
-    expect(() => p.place('r1')).toThrow(expect.objectContaining({ statusCode: 429, code: 'RATE_LIMITED', headers: { 'retry-after': '7' } }));
+    expect(() => p.place()).toThrow(expect.objectContaining({ kind: 'rate_limited', code: 'RATE_LIMITED', retryAfterSeconds: 7 }));
   });
 
   it('queue: parks runs unplaced within the global bound, then 429', () => {
     const p = new Placement(() => full, { ...opts, backpressure: 'queue' });
     p.refreshed(3);
-    expect(p.place('r1')).toBeNull();
-    expect(p.place('r2')).toBeNull();
-    expect(() => p.place('r3')).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' }));
-    expect(p.take('r1')).toMatchObject({ region: null });
+    expect(p.place()).toBeNull();
+    expect(p.place()).toBeNull();
+    expect(() => p.place()).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' }));
+  });
+});
+
+describe('RegionAdmission', () => {
+  const logger = pino({ level: 'silent' });
+  const metrics = { enqueueErrors: { inc() {} } } as unknown as ClusterMetrics;
+  const run = { id: 'r1', status: 'queued' } as RunRecord;
+
+  it('writes the chosen region on the run it stores, and enqueues on that region', async () => {
+    const enqueued: string[] = [];
+    const monitor = { region: (name: string) => (name === 'a' ? { spec: { name }, queue: { add: async (_n: string, d: { runId: string }) => void enqueued.push(d.runId) } } : undefined) } as unknown as RegionMonitor;
+    const admission = new RegionAdmission(new Placement(() => [region('a')], opts), monitor, metrics, logger);
+    const stored: RunRecord[] = [];
+    const created = await admission.admit(run, new Map(), async (r) => (stored.push(r), r));
+    expect(stored).toEqual([expect.objectContaining({ id: 'r1', region: 'a' })]);
+    expect(created.region).toBe('a');
+    await new Promise((r) => setTimeout(r, 10));
+    expect(enqueued).toEqual(['r1']);
   });
 
-  it('remembers the chosen region for the insert and the enqueue, once', () => {
-    const p = new Placement(() => [region('a')], opts);
-    expect(p.place('r1')).toBe('a');
-    expect(p.regionOf('r1')).toBe('a');
-    expect(p.take('r1')).toMatchObject({ region: 'a' });
-    expect(p.take('r1')).toBeUndefined();
+  it('parks a run with no region under backpressure "queue", and stores nothing when the cluster is full', async () => {
+    const monitor = { region: () => undefined } as unknown as RegionMonitor;
+    const full = [region('a', { active: 2, waiting: 10 })];
+    const parking = new RegionAdmission(new Placement(() => full, { ...opts, backpressure: 'queue' }), monitor, metrics, logger);
+    expect((await parking.admit(run, new Map(), async (r) => r)).region).toBeNull();
+    const refusing = new RegionAdmission(new Placement(() => full, opts), monitor, metrics, logger);
+    const stored: RunRecord[] = [];
+    await expect(refusing.admit(run, new Map(), async (r) => (stored.push(r), r))).rejects.toMatchObject({ code: 'RATE_LIMITED' });
+    expect(stored).toEqual([]);
   });
 });

@@ -2,7 +2,7 @@
 // is completed once, moves and claims cannot both win, migrations are idempotent.
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PgIdempotencyStore } from '../../src/cluster/hardening.ts';
+import { PgIdempotencyStore } from '../../src/idempotency/postgres.ts';
 import { PostgresStore } from '../../src/runs/postgres-store.ts';
 import type { RunRecord } from '../../src/runs/types.ts';
 import { TestDatabase } from './harness.ts';
@@ -15,13 +15,13 @@ const newRun = (): RunRecord => ({
   id: randomUUID(), status: 'queued', model_id: 'm', output: null, metadata: { k: 1 }, client_ref: null, callback_url: null,
   input: { prompt: 'p', images: [], seed: 1, steps: 1, output_format: 'png', output_quality: 90, width: 64, height: 64, num_images: 1 },
   created_at: Date.now(), started_at: null, completed_at: null, failure_code: null, failure_message: null,
-  failure_stage_code: null, attempts: 0, output_token: 'tok',
+  failure_stage_code: null, attempts: 0, output_token: 'tok', region,
 });
 const output = { images: [{ key: 'outputs/x/y.png', content_type: 'image/png', width: 64, height: 64 }], seed: 1, timing: {} };
 
 beforeAll(async () => {
   db = await TestDatabase.create('ks_pgstore');
-  store = await PostgresStore.open(db.url, { regionOf: () => region });
+  store = await PostgresStore.open(db.url);
 });
 afterAll(async () => {
   await store?.close();

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dataUri, testImage } from '../helpers/images.ts';
-import { DEFAULT_PLAYGROUND_DIR } from '../../src/routes/playground.ts';
+import { DEFAULT_PLAYGROUND_DIR } from '../../src/http/playground.ts';
 import { Api, startServer, waitFor, type ServerHandle } from '../helpers/server.ts';
 
 const PUBLIC = '127.0.0.2';

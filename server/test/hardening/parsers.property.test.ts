@@ -2,8 +2,9 @@
 // (those live in test/images): the Prefer header, and image_size / aspect_ratio sizing rules.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { EditInputSchema } from '../../src/routes/runs.schemas.ts';
-import { IMAGE_SIZE_PRESETS, resolveAliases, sizeForAspect } from '../../src/routes/input-aliases.ts';
+import { EditInputSchema } from '../../src/surfaces/runflow/schemas.ts';
+import { resolveAliases } from '../../src/surfaces/runflow/input-aliases.ts';
+import { IMAGE_SIZE_PRESETS, sizeForAspect } from '../../src/runs/sizes.ts';
 import { parsePreferWait } from '../../src/runs/wait.ts';
 
 const MAX_OUTPUT_PIXELS = 4_194_304;

@@ -5,9 +5,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MemoryRateLimiter } from '../../src/limits/memory-rate-limiter.ts';
-import { RedisRateLimiter } from '../../src/limits/redis-rate-limiter.ts';
-import type { Quota, RateLimiter } from '../../src/limits/rate-limiter.ts';
+import { MemoryRateLimiter } from '../../src/quotas/memory-rate-limiter.ts';
+import { RedisRateLimiter } from '../../src/quotas/redis-rate-limiter.ts';
+import type { Quota, RateLimiter } from '../../src/quotas/rate-limiter.ts';
 import { tmpDir } from '../helpers/server.ts';
 
 const QUOTA: Quota = { maxConcurrent: 2, perMinute: 5, slotTtlMs: 10_000 };

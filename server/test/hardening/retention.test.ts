@@ -2,8 +2,8 @@
 import path from 'node:path';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { loadHardeningConfig } from '../../src/hardening/config.ts';
-import { createEmbeddedHardening } from '../../src/hardening/index.ts';
+import { loadPolicyConfig } from '../../src/policy-config.ts';
+import { embeddedPolicy } from '../../src/roles/backends.ts';
 import { RunEventBus } from '../../src/runs/events.ts';
 import { SqliteStore } from '../../src/runs/sqlite-store.ts';
 import type { RunRecord, RunStatus } from '../../src/runs/types.ts';
@@ -29,8 +29,8 @@ describe('RetentionSweeper', () => {
     const dir = tmpDir('ks-retention-');
     const store = new SqliteStore(path.join(dir, 'runs.db'));
     const objects = new DiskStore(path.join(dir, 'objects'));
-    const h = createEmbeddedHardening({
-      cfg: loadHardeningConfig({}), dbFile: path.join(dir, 'runs.db'), objects, bus: new RunEventBus(), logger: pino({ level: 'silent' }), waitCapSeconds: 60,
+    const h = embeddedPolicy({
+      cfg: loadPolicyConfig({}), dbFile: path.join(dir, 'runs.db'), objects, bus: new RunEventBus(), logger: pino({ level: 'silent' }), waitCapSeconds: 60,
     });
     const runs = [
       record('fresh', 'succeeded', 2 * 3600_000, 3600_000), // output kept

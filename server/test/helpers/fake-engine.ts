@@ -87,11 +87,12 @@ export class FakeEngine {
 /** Engine seam backed by a FakeEngine over the real EngineClient, so unit tests exercise the wire code too. */
 import { EventEmitter } from 'node:events';
 import { EngineClient, type GenerateParams, type RequestOptions } from '../../src/engine/client.ts';
-import { DEFAULT_LIMITS, type Engine, type EngineState, type EngineStatus } from '../../src/engine/supervisor.ts';
+import type { Engine, EngineState, EngineStatus } from '../../src/engine/engine.ts';
+import { DEFAULT_ENGINE_LIMITS } from '../../src/engine/limits.ts';
 
 export class FakeEngineAdapter extends EventEmitter implements Engine {
   state: EngineState = 'stopped';
-  limits = DEFAULT_LIMITS;
+  limits = DEFAULT_ENGINE_LIMITS;
   client: EngineClient | null = null;
 
   constructor(readonly fake: FakeEngine) {

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { ALIAS_FIELDS, ImageSizeSchema, resolveAliases, sizeForAspect } from '../../src/routes/input-aliases.ts';
+import { ALIAS_FIELDS, ImageSizeSchema, resolveAliases } from '../../src/surfaces/runflow/input-aliases.ts';
+import { sizeForAspect } from '../../src/runs/sizes.ts';
 
 describe('input aliases', () => {
   it('lets steps win over num_inference_steps and defaults to 4', () => {

@@ -7,7 +7,7 @@ import { pino } from 'pino';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.ts';
-import { createEmbedded } from '../../src/serve.ts';
+import { createEmbedded } from '../../src/roles/serve.ts';
 import { FakeEngine, FakeEngineAdapter } from '../helpers/fake-engine.ts';
 import { dataUri, testImage } from '../helpers/images.ts';
 

@@ -2,14 +2,13 @@
 // (n/N with the engine's own step timings), then the terminal run object, after which the stream ends.
 // Polling GET /v1/runs/:id stays supported; this is the low-latency path the SDK and playground use.
 import type { FastifyInstance, FastifyReply } from 'fastify';
-import type { RunEvent, RunEventBus } from '../runs/events.ts';
-import { toRunObject } from '../runs/run-object.ts';
-import type { RunStore } from '../runs/store.ts';
-import { isTerminal, type RunRecord } from '../runs/types.ts';
-import { runNotFound } from './errors.ts';
+import type { RunEvent } from '../../runs/events.ts';
+import type { RunService } from '../../runs/service.ts';
+import { isTerminal, type RunRecord } from '../../runs/types.ts';
+import { toRunObject } from './run-object.ts';
 
 export interface RunEventsDeps {
-  lifecycle: { store: RunStore; bus: RunEventBus };
+  runs: RunService;
   baseUrl: () => string;
   /** Comment line interval that keeps proxies from closing an idle stream. */
   heartbeatMs?: number;
@@ -36,35 +35,18 @@ export async function runEventsRoutes(app: FastifyInstance, deps: RunEventsDeps)
       },
     },
     async (req, reply) => {
-      const { id } = req.params;
-      // Subscribe before reading so that nothing between the read and the subscription is missed.
-      const pending: RunEvent[] = [];
-      let sink: ((ev: RunEvent) => void) | null = null;
-      const unsubscribe = deps.lifecycle.bus.subscribe(id, (ev) => (sink ? sink(ev) : pending.push(ev)));
-      let run: RunRecord | null;
-      try {
-        run = await deps.lifecycle.store.get(id);
-      } catch (err) {
-        unsubscribe();
-        throw err;
-      }
-      if (!run) {
-        unsubscribe();
-        throw runNotFound(id);
-      }
-      stream(reply, run, deps, pending, (fn) => (sink = fn), unsubscribe);
+      const following = await deps.runs.follow(req.params.id);
+      stream(reply, deps, following);
     },
   );
 }
 
 function stream(
   reply: FastifyReply,
-  first: RunRecord,
   deps: RunEventsDeps,
-  pending: RunEvent[],
-  attach: (fn: (ev: RunEvent) => void) => void,
-  unsubscribe: () => void,
+  following: { run: RunRecord; attach: (fn: (ev: RunEvent) => void) => void; stop: () => void },
 ) {
+  const first = following.run;
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, {
@@ -80,7 +62,7 @@ function stream(
     if (closed) return;
     closed = true;
     clearInterval(heartbeat);
-    unsubscribe();
+    following.stop();
     res.end();
   };
   res.on('close', close);
@@ -103,6 +85,5 @@ function stream(
 
   res.write(statusFrame(first));
   if (isTerminal(first.status)) return terminal(first);
-  attach(onEvent);
-  for (const ev of pending.splice(0)) onEvent(ev);
+  following.attach(onEvent);
 }

@@ -1,31 +1,20 @@
-// fal- and Replicate-style input aliases (issue 6 item 6), resolved to the canonical edit parameters in ONE place.
-// Precedence when several are given (documented in docs/surfaces.md):
+// fal- and Replicate-style input fields accepted inside Runflow's body, resolved to the canonical edit
+// parameters in ONE place. Precedence when several are given (documented in docs/surfaces.md):
 //   steps                > num_inference_steps                        (Runflow's own field wins)
 //   width/height         > image_size (preset or {width,height})      > aspect_ratio (+ output_megapixels)
 //                        > default: the first reference's size (edit) or 1024x1024 (text-to-image)
-//   num_images           1-4, one run with several outputs (the engine batches them; seeds seed, seed+1, ...)
+//   num_images           one run with several outputs (the engine batches them; seeds seed, seed+1, ...)
 //   sync_mode: true      the run answer waits for the end and carries each output as a data URI
 import { z } from 'zod';
-
-/** fal's image_size presets. */
-export const IMAGE_SIZE_PRESETS = {
-  square_hd: { width: 1024, height: 1024 },
-  square: { width: 512, height: 512 },
-  portrait_4_3: { width: 768, height: 1024 },
-  portrait_16_9: { width: 576, height: 1024 },
-  landscape_4_3: { width: 1024, height: 768 },
-  landscape_16_9: { width: 1024, height: 576 },
-} as const;
-export type ImageSizePreset = keyof typeof IMAGE_SIZE_PRESETS;
+import { INPUT_LIMITS, inputFields } from '../../runs/limits.ts';
+import { IMAGE_SIZE_PRESETS, sizeForAspect, type ImageSizePreset } from '../../runs/sizes.ts';
 
 const PRESET_NAMES = Object.keys(IMAGE_SIZE_PRESETS) as [ImageSizePreset, ...ImageSizePreset[]];
-const MAX_OUTPUT_PIXELS = 4_194_304;
-const dimension = z.int().min(64).max(4096).multipleOf(16);
 
 /** Extra fields of the edit input; spread into the input schema so unknown-field checks still apply. */
 export const ALIAS_FIELDS = {
-  num_inference_steps: z.int().min(1).max(50).optional().describe('fal alias of steps; steps wins when both are given'),
-  num_images: z.int().min(1).max(4).optional().describe('outputs of this one run (1-4), batched by the engine'),
+  num_inference_steps: inputFields.steps().optional().describe('fal alias of steps; steps wins when both are given'),
+  num_images: inputFields.outputs().optional().describe(`outputs of this one run (1-${INPUT_LIMITS.maxOutputs}), batched by the engine`),
   aspect_ratio: z
     .string()
     // Sides 1-99: a zero side has no size (property tests found "0:0" passing here and failing as a 500).
@@ -44,7 +33,7 @@ export const ALIAS_FIELDS = {
 /** image_size accepts a fal preset name as well as {width, height}. */
 export const ImageSizeSchema = z.union([
   z.enum(PRESET_NAMES),
-  z.strictObject({ width: dimension, height: dimension }),
+  z.strictObject({ width: inputFields.side(), height: inputFields.side() }),
 ]);
 
 export interface AliasInput {
@@ -67,21 +56,6 @@ export interface ResolvedAliases {
   sync_mode: boolean;
 }
 
-const round16 = (x: number) => Math.max(64, Math.round(x / 16) * 16);
-
-/** W:H at an area of `megapixels`, snapped to multiples of 16 and kept under the engine's output cap. */
-export function sizeForAspect(ratio: string, megapixels = 1): { width: number; height: number } {
-  const [w, h] = ratio.split(':').map(Number);
-  if (!(w > 0 && h > 0)) throw new RangeError(`aspect_ratio ${ratio}: both sides must be positive`);
-  const area = Math.min(megapixels * 1_000_000, MAX_OUTPUT_PIXELS);
-  // Shrink both sides together to fit 4096, rather than clipping one afterwards, which skewed the ratio.
-  const fit = Math.min(1, 4096 / Math.sqrt((area * w) / h), 4096 / Math.sqrt((area * h) / w));
-  let width = round16(Math.sqrt((area * w) / h) * fit);
-  let height = round16((width * h) / w);
-  while (width * height > MAX_OUTPUT_PIXELS) { width -= 16; height = round16((width * h) / w); }
-  return { width: Math.min(width, 4096), height: Math.min(height, 4096) };
-}
-
 export function resolveAliases(input: AliasInput): ResolvedAliases {
   let size: { width: number; height: number } | null = null;
   if (input.width !== undefined && input.height !== undefined) size = { width: input.width, height: input.height };
@@ -92,7 +66,7 @@ export function resolveAliases(input: AliasInput): ResolvedAliases {
   }
   // match_input_image: leave the size to the engine, which follows the first reference (capped at its ref pixel limit).
   return {
-    steps: input.steps ?? input.num_inference_steps ?? 4,
+    steps: input.steps ?? input.num_inference_steps ?? INPUT_LIMITS.defaultSteps,
     num_images: input.num_images ?? 1,
     width: size?.width ?? null,
     height: size?.height ?? null,

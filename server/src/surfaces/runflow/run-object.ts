@@ -1,11 +1,9 @@
-// Stored run -> the contract's run object. Inline images are summarised, never echoed back as megabytes.
-import type { RunRecord, StoredImage } from './types.ts';
+// The service's run -> Runflow's run object and callback envelope. Inline images are summarised, never
+// echoed back as megabytes.
+import { outputUrl } from '../../http/outputs.ts';
+import type { RunRecord, StoredImage } from '../../runs/types.ts';
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
-
-export function outputUrl(baseUrl: string, key: string): string {
-  return `${baseUrl}/v1/outputs/${key.replace(/^outputs\//, '')}`;
-}
 
 function describeImage(img: StoredImage): string {
   return img.kind === 'url' ? img.url : `inline ${img.mime ?? 'image'}, ${img.bytes} bytes`;

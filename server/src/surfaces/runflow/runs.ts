@@ -1,48 +1,62 @@
-// The Runflow run API: create (both edit paths and the SDK's encoded-model-id form), read, list, cancel.
-import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+// Runflow's run routes: create (edit under both model-id forms, text-to-image), read, list, cancel, delete.
+// Each parses its wire body into the canonical request, calls the run service and renders the run.
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import type { DecodedImage } from '../images/index.ts';
-import type { Engine } from '../engine/supervisor.ts';
-import { callerScope, claimIdempotency, idempotencyKeyOf, type IdempotencyOptions } from '../idempotency/claim.ts';
-import { assertModelAvailable, intakeEditRun, type IntakeDeps } from '../runs/intake.ts';
-import type { RunLifecycle } from '../runs/lifecycle.ts';
-import { toRunObject } from '../runs/run-object.ts';
-import { isTerminal } from '../runs/types.ts';
-import { parsePreferWait, waitForTerminal } from '../runs/wait.ts';
-import { ApiError, runNotFound } from './errors.ts';
-import { inlineOutputs } from './sync-mode.ts';
-import type { ObjectStore } from '../storage/object-store.ts';
+import { ServiceError } from '../../errors.ts';
+import { callerOf } from '../../http/auth.ts';
+import { clientGone, idempotencyKeyHeader } from '../../http/request.ts';
+import { MODEL_EDIT, MODEL_TEXT_TO_IMAGE } from '../../runs/inputs.ts';
+import type { RunService } from '../../runs/service.ts';
+import type { RunRecord } from '../../runs/types.ts';
+import { parsePreferWait } from '../../runs/wait.ts';
+import { toRunObject, type RunObject } from './run-object.ts';
 import {
   CreateRunBodySchema,
   errorResponses,
   ListRunsQuerySchema,
   MODEL_ALIASES,
-  MODEL_EDIT,
   PreferHeaderSchema,
   RunIdParamsSchema,
   RunListSchema,
   RunObjectSchema,
+  TextToImageBodySchema,
   type CreateRunBody,
-} from './runs.schemas.ts';
+  type TextToImageBody,
+} from './schemas.ts';
+import { toRunRequest } from './inputs.ts';
 
-export interface RunRoutesOptions {
-  lifecycle: RunLifecycle;
-  engine: Engine;
-  intake: IntakeDeps;
-  /** Hands decoded inline images to the dispatcher before the run becomes claimable. */
-  prime: (runId: string, decoded: Map<number, DecodedImage>) => void;
+export interface RunflowDeps {
+  runs: RunService;
   baseUrl: () => string;
-  waitCapSeconds: number;
-  /** Reads outputs back for sync_mode answers. */
-  objects: ObjectStore;
-  /** A repeated Idempotency-Key / client_ref returns the original run instead of creating another. */
-  idempotency: IdempotencyOptions;
 }
 
-const runRoutes: FastifyPluginAsyncZod<RunRoutesOptions> = async (app, opts) => {
-  const { lifecycle, engine } = opts;
-  const { store, bus } = lifecycle;
+const DeletedSchema = z.object({ id: z.string(), deleted: z.literal(true) });
+
+export const runRoutes: FastifyPluginAsyncZod<RunflowDeps> = async (app, { runs, baseUrl }) => {
+  const render = (run: RunRecord) => toRunObject(run, baseUrl());
+
+  /** sync_mode: the run object with every output URL replaced by a data URI of its bytes. */
+  async function renderInline(run: RunRecord): Promise<RunObject> {
+    const obj = render(run);
+    if (!obj.output || !run.output) return obj;
+    const bytes = await runs.outputBytes(run);
+    const outputs = obj.output.outputs.map((o, i) => ({ ...o, url: `data:${o.content_type};base64,${bytes[i].toString('base64')}` }));
+    return { ...obj, output: { ...obj.output, outputs } };
+  }
+
+  async function create(req: FastifyRequest, reply: FastifyReply, modelId: string, body: CreateRunBody | TextToImageBody) {
+    // The Idempotency-Key header, else client_ref, deduplicates a repeated create.
+    const key = idempotencyKeyHeader(req) ?? (body.client_ref || null);
+    const { run, replayed } = await runs.submit(callerOf(req), toRunRequest(modelId, body), { idempotencyKey: key });
+    if (replayed) reply.header('idempotent-replayed', 'true');
+    const sync = body.input.sync_mode === true;
+    const wait = sync ? runs.waitCapSeconds : parsePreferWait(req.headers.prefer, runs.waitCapSeconds);
+    if (wait === null) return render(run);
+    const current = await runs.await(run, wait, clientGone(reply));
+    reply.header('preference-applied', `wait=${wait}`);
+    return sync ? renderInline(current) : render(current);
+  }
 
   const createSchema = {
     summary: 'Create an edit run',
@@ -51,52 +65,32 @@ const runRoutes: FastifyPluginAsyncZod<RunRoutesOptions> = async (app, opts) => 
     headers: PreferHeaderSchema,
     response: { 200: RunObjectSchema, ...errorResponses },
   };
-
-  async function create(req: FastifyRequest, reply: FastifyReply, modelId: string, body: CreateRunBody) {
-    assertModelAvailable(engine.state, engine.status().error);
-    const claim = await claimIdempotency(opts.idempotency, callerScope(req), idempotencyKeyOf(req, body.client_ref));
-    let run;
-    if (claim.kind === 'existing') {
-      run = await store.get(claim.runId);
-      if (!run) throw runNotFound(claim.runId);
-      reply.header('idempotent-replayed', 'true');
-    } else {
-      try {
-        const intake = await intakeEditRun(opts.intake, modelId, body);
-        run = intake.run;
-        if (claim.kind === 'new') await claim.bind(run.id);
-        opts.prime(run.id, intake.decoded);
-        await lifecycle.create(run);
-      } catch (err) {
-        if (claim.kind === 'new') await claim.release();
-        throw err;
-      }
-      req.log.info({ run_id: run.id }, 'run created');
-    }
-    const sync = body.input.sync_mode === true;
-    const wait = sync ? opts.waitCapSeconds : parsePreferWait(req.headers.prefer, opts.waitCapSeconds);
-    if (wait === null) return toRunObject(run, opts.baseUrl());
-    const closed = new AbortController();
-    // The response's 'close' (not the request's, which fires once the body is read) means the client left.
-    reply.raw.once('close', () => closed.abort());
-    const current = await waitForTerminal(store, bus, run, wait, closed.signal);
-    reply.header('preference-applied', `wait=${wait}`);
-    return sync ? inlineOutputs(toRunObject(current, opts.baseUrl()), current, opts.objects) : toRunObject(current, opts.baseUrl());
-  }
-
+  const creates = { createsRun: true };
   for (const modelId of Object.keys(MODEL_ALIASES)) {
-    app.post(`/v1/models/${modelId}/runs`, { schema: createSchema }, (req, reply) =>
-      create(req, reply, MODEL_EDIT, req.body),
-    );
+    app.post(`/v1/models/${modelId}/runs`, { schema: createSchema, config: creates }, (req, reply) => create(req, reply, MODEL_EDIT, req.body));
   }
+
+  const textToImage = {
+    summary: 'Create a text-to-image run',
+    tags: ['runs'],
+    body: TextToImageBodySchema,
+    headers: PreferHeaderSchema,
+    response: { 200: RunObjectSchema, ...errorResponses },
+  };
+  app.post('/v1/models/black-forest-labs/flux-2-klein-4b/runs', { schema: textToImage, config: creates }, (req, reply) =>
+    create(req, reply, MODEL_TEXT_TO_IMAGE, req.body),
+  );
+  app.post('/v1/models/flux-2-klein-4b/runs', { schema: { ...textToImage, hide: true }, config: creates }, (req, reply) =>
+    create(req, reply, MODEL_TEXT_TO_IMAGE, req.body),
+  );
 
   // Runflow's SDK encodes each model-id segment; a client that encodes the whole id sends one segment.
   app.post(
     '/v1/models/:model/runs',
-    { schema: { ...createSchema, hide: true, params: z.object({ model: z.string() }) } },
+    { schema: { ...createSchema, hide: true, params: z.object({ model: z.string() }) }, config: creates },
     (req, reply) => {
       const modelId = MODEL_ALIASES[req.params.model];
-      if (!modelId) throw new ApiError(404, 'MODEL_NOT_FOUND', `unknown model ${JSON.stringify(req.params.model)}`);
+      if (!modelId) throw new ServiceError('not_found', 'MODEL_NOT_FOUND', `unknown model ${JSON.stringify(req.params.model)}`);
       return create(req, reply, modelId, req.body);
     },
   );
@@ -104,11 +98,7 @@ const runRoutes: FastifyPluginAsyncZod<RunRoutesOptions> = async (app, opts) => 
   app.get(
     '/v1/runs/:id',
     { schema: { summary: 'Read a run', tags: ['runs'], params: RunIdParamsSchema, response: { 200: RunObjectSchema, ...errorResponses } } },
-    async (req) => {
-      const run = await store.get(req.params.id);
-      if (!run) throw runNotFound(req.params.id);
-      return toRunObject(run, opts.baseUrl());
-    },
+    async (req) => render(await runs.get(req.params.id)),
   );
 
   app.get(
@@ -116,14 +106,10 @@ const runRoutes: FastifyPluginAsyncZod<RunRoutesOptions> = async (app, opts) => 
     { schema: { summary: 'List runs, newest first', tags: ['runs'], querystring: ListRunsQuerySchema, response: { 200: RunListSchema, ...errorResponses } } },
     async (req) => {
       const { limit, cursor, status } = req.query;
-      const rows = await store.list({ limit: limit + 1, cursor, status });
+      const rows = await runs.list({ limit: limit + 1, cursor, status });
       const page = rows.slice(0, limit);
       const hasMore = rows.length > limit;
-      return {
-        data: page.map((r) => toRunObject(r, opts.baseUrl())),
-        next_cursor: hasMore ? page[page.length - 1].id : null,
-        has_more: hasMore,
-      };
+      return { data: page.map(render), next_cursor: hasMore ? page[page.length - 1].id : null, has_more: hasMore };
     },
   );
 
@@ -133,14 +119,8 @@ const runRoutes: FastifyPluginAsyncZod<RunRoutesOptions> = async (app, opts) => 
     response: { 200: RunObjectSchema, 201: RunObjectSchema, ...errorResponses },
   };
   async function cancel(id: string, reply: FastifyReply) {
-    const run = await store.get(id);
-    if (!run) throw runNotFound(id);
-    if (!isTerminal(run.status)) {
-      const canceled = await lifecycle.cancel(run);
-      if (canceled) return reply.code(201).send(toRunObject(canceled, opts.baseUrl()));
-    }
-    const latest = (await store.get(id)) ?? run;
-    return reply.code(200).send(toRunObject(latest, opts.baseUrl()));
+    const { run, canceled } = await runs.cancel(id);
+    return reply.code(canceled ? 201 : 200).send(render(run));
   }
   app.post('/v1/runs/:id/cancel', { schema: { ...cancelSchema, summary: 'Cancel a run (201 canceled, 200 already terminal)' } }, (req, reply) =>
     cancel(req.params.id, reply),
@@ -150,6 +130,20 @@ const runRoutes: FastifyPluginAsyncZod<RunRoutesOptions> = async (app, opts) => 
     { schema: { ...cancelSchema, summary: "Cancel a run, Runflow's route (201 canceled, 200 already terminal)" } },
     (req, reply) => cancel(req.params.id, reply),
   );
-};
 
-export default runRoutes;
+  app.delete(
+    '/v1/runs/:id',
+    {
+      schema: {
+        summary: 'Delete a run: cancel it if live, then erase its inputs, outputs and record',
+        tags: ['runs'],
+        params: RunIdParamsSchema,
+        response: { 200: DeletedSchema, ...errorResponses },
+      },
+    },
+    async (req) => {
+      await runs.delete(req.params.id);
+      return { id: req.params.id, deleted: true as const };
+    },
+  );
+};

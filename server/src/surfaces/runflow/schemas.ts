@@ -1,13 +1,11 @@
-// Request and response schemas of the run routes. The same zod objects validate requests and generate
-// /openapi.json. Issue 6 adds fal/Replicate aliases (num_inference_steps, num_images, image_size presets,
-// aspect_ratio, sync_mode) here and resolves them in normalizeEditInput, the single place for precedence.
+// Runflow's wire schemas. The same zod objects validate requests and generate /openapi.json. The input
+// also takes fal/Replicate-style fields (input-aliases.ts); inputs.ts turns a body into the canonical request.
 import { z } from 'zod';
-import { RUN_STATUSES } from '../runs/types.ts';
-import { ALIAS_FIELDS, ImageSizeSchema, resolveAliases } from './input-aliases.ts';
+import { MODEL_EDIT } from '../../runs/inputs.ts';
+import { INPUT_LIMITS, inputFields } from '../../runs/limits.ts';
+import { RUN_STATUSES } from '../../runs/types.ts';
+import { ALIAS_FIELDS, ImageSizeSchema } from './input-aliases.ts';
 
-const dimension = z.int().min(64).max(4096).multipleOf(16);
-
-export const MODEL_EDIT = 'black-forest-labs/flux-2-klein-4b/edit';
 /** Model ids a run route accepts, with the canonical id each maps to. */
 export const MODEL_ALIASES: Record<string, string> = {
   [MODEL_EDIT]: MODEL_EDIT,
@@ -16,17 +14,17 @@ export const MODEL_ALIASES: Record<string, string> = {
 
 export const EditInputSchema = z
   .strictObject({
-    prompt: z.string().trim().min(1, 'must not be empty').max(20_000),
+    prompt: inputFields.prompt(),
     image_urls: z
       .array(z.string().describe('http(s) URL, data:image/...;base64 URI, or raw base64'))
       .min(1, 'needs at least 1 image')
-      .max(4, 'takes at most 4 images'),
-    seed: z.int().min(0).max(Number.MAX_SAFE_INTEGER).optional().describe('random when absent; the run reports it'),
-    steps: z.int().min(1).max(50).optional().describe('denoising steps, default 4'),
-    output_format: z.enum(['jpeg', 'png', 'webp']).optional().describe('default jpeg'),
-    output_quality: z.int().min(1).max(100).optional().describe('JPEG/WebP quality, default 95'),
-    width: dimension.optional(),
-    height: dimension.optional(),
+      .max(INPUT_LIMITS.maxImages, `takes at most ${INPUT_LIMITS.maxImages} images`),
+    seed: inputFields.seed().optional().describe('random when absent; the run reports it'),
+    steps: inputFields.steps().optional().describe(`denoising steps, default ${INPUT_LIMITS.defaultSteps}`),
+    output_format: inputFields.outputFormat().optional().describe('default jpeg'),
+    output_quality: inputFields.outputQuality().optional().describe(`JPEG/WebP quality, default ${INPUT_LIMITS.defaultOutputQuality}`),
+    width: inputFields.side().optional(),
+    height: inputFields.side().optional(),
     image_size: ImageSizeSchema.optional().describe('fal preset (square_hd, landscape_16_9, ...) or {width,height}'),
     ...ALIAS_FIELDS,
   })
@@ -39,7 +37,7 @@ export const EditInputSchema = z
     }
   });
 
-export type EditInput = z.infer<typeof EditInputSchema>;
+export type EditInputBody = z.infer<typeof EditInputSchema>;
 
 export const CreateRunBodySchema = z.object({
   input: EditInputSchema,
@@ -53,20 +51,31 @@ export const CreateRunBodySchema = z.object({
 });
 export type CreateRunBody = z.infer<typeof CreateRunBodySchema>;
 
-/** Canonical parameters: defaults applied, size sources and fal/Replicate aliases merged (input-aliases.ts). */
-export function normalizeEditInput(input: EditInput) {
-  const a = resolveAliases(input);
-  return {
-    prompt: input.prompt,
-    steps: a.steps,
-    seed: input.seed,
-    output_format: input.output_format ?? 'jpeg',
-    output_quality: input.output_quality ?? 95,
-    width: a.width,
-    height: a.height,
-    num_images: a.num_images,
-  };
-}
+/** Text-to-image: the edit input without references. */
+export const TextToImageInputSchema = z
+  .strictObject({
+    prompt: inputFields.prompt(),
+    seed: inputFields.seed().optional(),
+    steps: inputFields.steps().optional(),
+    output_format: inputFields.outputFormat().optional(),
+    output_quality: inputFields.outputQuality().optional(),
+    width: inputFields.side().optional(),
+    height: inputFields.side().optional(),
+    image_size: ImageSizeSchema.optional(),
+    ...ALIAS_FIELDS,
+  })
+  .superRefine((v, ctx) => {
+    if ((v.width === undefined) !== (v.height === undefined)) {
+      ctx.addIssue({ code: 'custom', path: [v.width === undefined ? 'width' : 'height'], message: 'width and height go together: give both or neither' });
+    }
+    if (v.aspect_ratio === 'match_input_image') {
+      ctx.addIssue({ code: 'custom', path: ['aspect_ratio'], message: 'match_input_image needs an input image; use W:H here' });
+    }
+  });
+export type TextToImageInput = z.infer<typeof TextToImageInputSchema>;
+
+export const TextToImageBodySchema = CreateRunBodySchema.extend({ input: TextToImageInputSchema });
+export type TextToImageBody = z.infer<typeof TextToImageBodySchema>;
 
 export const PreferHeaderSchema = z.object({
   prefer: z.string().optional().describe('`wait` or `wait=N` (seconds): hold the request until the run is terminal'),

@@ -1,0 +1,38 @@
+// The engine as the rest of the control plane sees it, apart from its implementations (the supervised local
+// child in supervisor.ts; the api role's view of its regions in cluster/engine-view.ts).
+import type { EventEmitter } from 'node:events';
+import type { GenerateParams, GenerateResult, RequestOptions } from './client.ts';
+import type { EngineLimits } from './limits.ts';
+
+export type EngineState = 'starting' | 'loading' | 'ready' | 'restarting' | 'unavailable' | 'stopped';
+
+export interface EngineStatus {
+  status: EngineState;
+  ok: boolean;
+  pid: number | null;
+  restarts: number;
+  model: string;
+  device?: string;
+  dtype?: string;
+  queue_depth?: number;
+  in_flight?: number;
+  limits: EngineLimits;
+  error: string | null;
+}
+
+/** Readiness, limits and metrics: all a role that does not run the model itself needs to know. Emits 'state'. */
+export interface EngineStatusView extends EventEmitter {
+  readonly state: EngineState;
+  readonly limits: EngineLimits;
+  status(): EngineStatus;
+  metricsText(): Promise<string>;
+}
+
+/** An engine that runs the model: what the dispatcher drives. */
+export interface Engine extends EngineStatusView {
+  generate(params: GenerateParams, opts?: RequestOptions): Promise<GenerateResult>;
+  waitReady(signal?: AbortSignal): Promise<void>;
+}
+
+/** The model cannot be loaded (the engine exited with its "never restart" status). */
+export class ModelUnavailableError extends Error {}

@@ -1,0 +1,21 @@
+// What the engine accepts, as it reports it in every health answer. Until it has answered, these defaults
+// (the engine's own) stand in; runs/limits.ts derives the service's static input bounds from the same values.
+export interface EngineLimits {
+  max_ref_pixels: number;
+  min_side: number;
+  max_aspect: number;
+  max_images: number;
+  max_steps: number;
+  max_output_pixels: number;
+  max_batch: number;
+}
+
+export const DEFAULT_ENGINE_LIMITS: EngineLimits = {
+  max_ref_pixels: 1048576,
+  min_side: 64,
+  max_aspect: 8,
+  max_images: 4,
+  max_steps: 50,
+  max_output_pixels: 4194304,
+  max_batch: 4,
+};

@@ -1,0 +1,34 @@
+// The canonical run inputs every surface translates its wire format into. Defaults are applied and aliases
+// resolved by then; image sources are as the caller gave them (URL, data: URI, raw base64, or asset:<id>).
+/** The model ids runs carry: FLUX.2 [klein] 4B's edit and text-to-image modes. */
+export const MODEL_EDIT = 'black-forest-labs/flux-2-klein-4b/edit';
+export const MODEL_TEXT_TO_IMAGE = 'black-forest-labs/flux-2-klein-4b';
+
+export type OutputFormat = 'jpeg' | 'png' | 'webp';
+
+export interface GenerateInput {
+  prompt: string;
+  /** Random when absent; the run reports the seed it used. */
+  seed?: number;
+  steps: number;
+  output_format: OutputFormat;
+  output_quality: number;
+  /** Null: the engine decides (the first reference's size for edits, 1024x1024 without references). */
+  width: number | null;
+  height: number | null;
+  num_images: number;
+}
+
+export interface EditInput extends GenerateInput {
+  images: string[];
+}
+
+/** One request to create a run, whatever surface it came through. */
+export interface RunRequest {
+  model_id: string;
+  /** Text-to-image runs have no images. */
+  input: EditInput;
+  callback_url: string | null;
+  metadata: Record<string, unknown> | null;
+  client_ref: string | null;
+}
