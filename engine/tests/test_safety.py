@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from kleinserve_engine.client import EngineClient
 from kleinserve_engine.errors import ModelUnavailable, NsfwContent
 from kleinserve_engine.pipeline import Engine, EngineOptions, JobResult
 from kleinserve_engine.safety import SafetyChecker, SafetyOptions
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def checker(tiny_checker_dir, **kw):
@@ -124,3 +127,14 @@ def test_fail_policy_over_the_wire(failing_server):
     assert opt_out["error"]["code"] == "INVALID_REQUEST" and opt_out["error"]["field"] == "safety_checker"
     assert "kleinserve_engine_safety_checks_total 1.0" in metrics
     assert 'kleinserve_engine_safety_flagged_total{policy="fail"} 1.0' in metrics
+
+
+def test_overhead_benchmark_runs_in_smoke_mode(tmp_path):
+    import runpy
+
+    bench = runpy.run_path(str(ROOT / "bench" / "engine" / "safety_bench.py"))
+    assert bench["main"](["--device", "cpu", "--tiny", "--runs", "1", "--warmup", "0", "--batches", "1", "--out", str(tmp_path)]) == 0
+    cases = json.loads((tmp_path / "safety-tiny-cpu.json").read_text())["cases"]
+    assert set(cases) == {"none-b1", "flag-b1", "blur-b1"} and not any("error" in c for c in cases.values())
+    assert cases["blur-b1"]["flagged_first_job_images"] == 1 and cases["flag-b1"]["flagged_first_job_images"] == 0
+    assert cases["none-b1"]["safety_check_p50_ms"] is None and cases["flag-b1"]["safety_check_p50_ms"] > 0
