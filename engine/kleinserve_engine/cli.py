@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .batcher import DEFAULT_BATCH_RULE, BatchRule
 from .errors import ModelUnavailable
 
 
@@ -32,8 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "fp32", "bf16"],
                    help="auto: bfloat16 on CUDA, float32 on CPU")
-    s.add_argument("--max-batch", type=int, default=4, help="most images denoised together")
-    s.add_argument("--batch-window-ms", type=float, default=10.0, help="how long a request waits for batch mates")
+    s.add_argument("--max-batch", type=int, default=4, help="most images denoised together (caps --batch-rule)")
+    s.add_argument("--batch-rule", default=DEFAULT_BATCH_RULE,
+                   help="largest batch per output size, WxH:N,... (an output gets the N of the smallest listed size that "
+                        "holds it, 1 above all); requests batch only when they queued while the GPU was busy; 'none': never")
     s.add_argument("--prompt-cache-mb", type=float, default=256)
     s.add_argument("--ref-cache-mb", type=float, default=512)
     s.add_argument("--max-ref-pixels", type=int, default=1024 * 1024, help="pixel cap per reference after downscaling")
@@ -83,7 +86,13 @@ def _fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            BatchRule.parse(args.batch_rule, args.max_batch)
+        except ValueError as exc:
+            parser.error(f"--batch-rule/--max-batch: {exc}")
     if args.command == "make-tiny-model":
         from .tiny import make_tiny_model
 
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir or default_data_dir()
     cfg = ServeConfig(
         model=args.model, tiny_dir=args.tiny_dir or data_dir / "tiny-model", listen=args.listen, device=args.device, dtype=args.dtype, max_batch=args.max_batch,
-        batch_window_ms=args.batch_window_ms, prompt_cache_mb=args.prompt_cache_mb, ref_cache_mb=args.ref_cache_mb,
+        batch_rule=args.batch_rule, prompt_cache_mb=args.prompt_cache_mb, ref_cache_mb=args.ref_cache_mb,
         max_ref_pixels=args.max_ref_pixels, max_output_pixels=args.max_output_pixels, compile=args.compile,
         compile_backend=args.compile_backend, compile_mode=args.compile_mode, compile_scope=args.compile_scope, precision=args.precision, warmup=args.warmup, data_dir=data_dir,
         oom_prompt=os.environ.get("KLEINSERVE_TEST_OOM_PROMPT"), threads=args.threads,

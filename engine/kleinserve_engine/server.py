@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import protocol
-from .batcher import Batcher
+from .batcher import DEFAULT_BATCH_RULE, BatchRule
 from .errors import Canceled, EngineError, InvalidRequest, ModelUnavailable, NotReady, internal_error
 from .lora.spec import MAX_LORAS, LoraOptions
 from .metrics import Metrics
@@ -36,7 +36,7 @@ class ServeConfig:
     device: str = "auto"
     dtype: str | None = None
     max_batch: int = 4
-    batch_window_ms: float = 10.0
+    batch_rule: str = DEFAULT_BATCH_RULE  # batcher.py: largest batch per output size
     prompt_cache_mb: float = 256
     ref_cache_mb: float = 512
     max_ref_pixels: int = DEFAULT_MAX_REF_PIXELS
@@ -106,8 +106,8 @@ class EngineServer:
         self.facts = None  # model_family.ModelFacts once loaded
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kleinserve-preprocess")
-        self.worker = Worker(self._startup, self._on_result_thread, self._on_started_thread, cfg.max_batch)
-        self.batcher = Batcher(self.worker.submit, cfg.batch_window_ms / 1000.0, cfg.max_batch)
+        self.worker = Worker(self._startup, self._on_result_thread, self._on_started_thread,
+                             BatchRule.parse(cfg.batch_rule, cfg.max_batch))
         self.connections: set[_Connection] = set()
         self.load_done: asyncio.Future | None = None
         self._server = None
@@ -285,7 +285,7 @@ class EngineServer:
 
     @property
     def queue_depth(self) -> int:
-        return self.batcher.pending + self.worker.queue_depth
+        return self.worker.queue_depth
 
     @property
     def in_flight(self) -> int:
@@ -316,7 +316,7 @@ class EngineServer:
         if p.canceled:
             return self._answer(p, Canceled("canceled before it started"))
         p.job = job
-        self.batcher.add(job)
+        self.worker.submit(job)
 
     def _build_job(self, p: _Pending):
         from .pipeline import Job
@@ -392,7 +392,7 @@ class EngineServer:
         if job is None:
             return  # still being prepared: _prepare answers CANCELED when it finishes
         job.canceled = True
-        if self.batcher.remove(job) or self.worker.remove(job):
+        if self.worker.remove(job):
             self._answer(p, Canceled("canceled while queued"))
         # otherwise it is running: the worker drops it at the next step boundary and answers CANCELED
 

@@ -1,7 +1,9 @@
-import asyncio
+import threading
 import time
 
-from kleinserve_engine.batcher import Batcher
+import pytest
+
+from kleinserve_engine.batcher import DEFAULT_BATCH_RULE, BatchQueue, BatchRule
 from kleinserve_engine.caches import ByteLRU
 
 
@@ -19,53 +21,91 @@ def test_lru_evicts_least_recent_by_bytes():
 
 
 class FakeJob:
-    def __init__(self, key, n=1):
-        self.key, self.num_images = key, n
+    def __init__(self, key="A", n=1, w=512, h=512, deterministic=False):
+        self.key, self.num_images, self.width, self.height, self.deterministic = key, n, w, h, deterministic
 
     def batch_key(self):
-        return self.key
+        return (self.key, self.width, self.height)
 
 
-def run_batcher(schedule, window_ms=50, max_batch=4):
-    """schedule: [(delay_s, key, n)] -> list of (time, [keys]) submissions."""
-    async def go():
-        out = []
-        t0 = time.perf_counter()
-        b = Batcher(lambda jobs: out.append((time.perf_counter() - t0, [j.key for j in jobs], jobs)), window_ms / 1000, max_batch)
-        for delay, key, n in schedule:
-            await asyncio.sleep(delay)
-            b.add(FakeJob(key, n))
-        await asyncio.sleep(window_ms / 1000 * 3)
-        return out
-    return asyncio.run(go())
+def test_batch_rule_gives_each_output_size_its_limit():
+    rule = BatchRule.parse("512x512:4,1024x1024:1", max_batch=8)
+    assert rule.limit_for(FakeJob(w=64, h=64)) == 4
+    assert rule.limit_for(FakeJob(w=512, h=512)) == 4
+    assert rule.limit_for(FakeJob(w=768, h=512)) == 1  # above 512² the next listed size (1024²) applies
+    assert rule.limit_for(FakeJob(w=1024, h=1024)) == 1
+    assert rule.limit_for(FakeJob(w=2048, h=2048)) == 1  # above every listed size: never batched
+    assert rule.limit_for(FakeJob(w=64, h=64, deterministic=True)) == 1
+    assert BatchRule.parse("1024x1024:16", max_batch=2).limit_for(FakeJob()) == 2  # --max-batch caps the rule
+    assert BatchRule.parse("none").limit_for(FakeJob(w=64, h=64)) == 1
+    for bad in ("512:4", "512x512:0", "axb:2", "512x512"):
+        with pytest.raises(ValueError):
+            BatchRule.parse(bad)
+    with pytest.raises(ValueError):
+        BatchRule.parse(DEFAULT_BATCH_RULE, max_batch=0)
 
 
-def test_same_key_within_window_is_one_batch():
-    out = run_batcher([(0, "A", 1), (0.01, "A", 1), (0.01, "A", 1)])
-    assert [keys for _, keys, _ in out] == [["A", "A", "A"]]
+def test_an_idle_inference_thread_gets_a_request_at_once_and_alone():
+    """No window: the thread waiting in take() receives the first request immediately, without batch mates."""
+    q = BatchQueue(BatchRule.parse("512x512:4"))
+    got = []
+
+    def consumer():
+        got.append((q.take(timeout=5), time.perf_counter()))
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    time.sleep(0.05)  # the consumer is now idle in take()
+    sent = time.perf_counter()
+    q.put(FakeJob())
+    t.join(5)
+    batch, at = got[0]
+    assert len(batch) == 1 and at - sent < 0.05
+    q.put(FakeJob())  # a later mate is not added to a batch that already left
+    assert len(q) == 1
 
 
-def test_other_keys_do_not_wait_behind_each_other():
-    out = run_batcher([(0, "A", 1), (0.005, "B", 1)], window_ms=60)
-    assert sorted(keys[0] for _, keys, _ in out) == ["A", "B"]
-    for t, _, _ in out:
-        assert t < 0.06 + 0.05  # each flushed by its own window, not behind the other's
+def test_requests_that_queued_while_busy_run_together_up_to_their_size_limit():
+    q = BatchQueue(BatchRule.parse("512x512:4,1024x1024:1"))
+    small = [FakeJob("A") for _ in range(5)]
+    other = FakeJob("B")
+    big = [FakeJob("C", w=1024, h=1024) for _ in range(2)]
+    for j in (small[0], other, *small[1:], *big):
+        q.put(j)
+    assert q.take() == small[:4]  # oldest first, its same-key followers jump the other key, up to 4
+    assert q.take() == [other]
+    assert q.take() == [small[4]]
+    assert q.take() == [big[0]]  # 1024²: the rule says batching does not pay
+    assert q.take() == [big[1]]
+    assert q.take(timeout=0.01) is None
 
 
-def test_full_batch_is_sent_without_waiting():
-    out = run_batcher([(0, "A", 2), (0, "A", 2), (0, "A", 1)], window_ms=500)
-    assert [len(keys) for _, keys, _ in out] == [2, 1]
-    assert out[0][0] < 0.1
+def test_multi_image_requests_count_images_not_requests():
+    q = BatchQueue(BatchRule.parse("512x512:4"))
+    a, b, c = FakeJob(n=3), FakeJob(n=2), FakeJob(n=1)
+    for j in (a, b, c):
+        q.put(j)
+    assert q.take() == [a, c] and q.take() == [b]
 
 
-def test_remove_takes_a_job_out_of_its_group():
-    async def go():
-        out = []
-        b = Batcher(lambda jobs: out.append(jobs), 0.05, 4)
-        j1, j2 = FakeJob("A"), FakeJob("A")
-        b.add(j1)
-        b.add(j2)
-        assert b.remove(j1) and not b.remove(j1)
-        await asyncio.sleep(0.1)
-        return out
-    assert [[j.key for j in batch] for batch in asyncio.run(go())] == [["A"]]
+def test_a_deterministic_request_never_shares_a_batch():
+    q = BatchQueue(BatchRule.parse("512x512:4"))
+    plain1, det, plain2 = FakeJob(), FakeJob(deterministic=True), FakeJob()
+    for j in (plain1, det, plain2):
+        q.put(j)
+    assert q.take() == [plain1, plain2]
+    assert q.take() == [det]
+    q.put(det)
+    q.put(plain1)
+    assert q.take() == [det] and q.take() == [plain1]
+
+
+def test_remove_and_close():
+    q = BatchQueue(BatchRule.parse("512x512:4"))
+    j1, j2 = FakeJob(), FakeJob()
+    q.put(j1)
+    q.put(j2)
+    assert q.remove(j1) and not q.remove(j1)
+    assert q.take() == [j2]
+    q.close()
+    assert q.take() is None

@@ -18,7 +18,7 @@ OOM_PROMPT = "please run out of memory"
 @pytest.fixture(scope="module")
 def server(tiny_dir, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    eng = EngineProcess(["--model", str(tiny_dir), "--listen", "tcp:127.0.0.1:0", "--batch-window-ms", "150",
+    eng = EngineProcess(["--model", str(tiny_dir), "--listen", "tcp:127.0.0.1:0",
                          "--max-batch", "4", "--data-dir", str(data)], env={"KLEINSERVE_TEST_OOM_PROMPT": OOM_PROMPT})
     assert eng.wait_ready()["status"] == "ready"
     yield eng
@@ -194,7 +194,7 @@ def test_cancel_running_and_queued_requests(server):
         first, _ = await c.next("long")
         assert first["op"] == "progress"
         await c.send(queued)
-        await asyncio.sleep(0.25)  # past the batch window: queued is waiting for the worker
+        await asyncio.sleep(0.25)  # queued is waiting for the busy inference thread
         ack_q, _, _ = await c.call({"op": "cancel", "target": "queued"})
         ack_l, _, _ = await c.call({"op": "cancel", "target": "long"})
         ack_unknown, _, _ = await c.call({"op": "cancel", "target": "never-sent"})
@@ -244,6 +244,10 @@ def test_distilled_checkpoint_refuses_guidance_it_would_drop(server):
 def test_invalid_unicode_is_refused_alone_and_never_breaks_the_batch(server):
     # "\ud800" survives JSON decoding as a lone surrogate; the header travels as the ASCII escape
     async def go(c):
+        # a request already running keeps the inference thread busy, so the good ones queue and batch together
+        busy = {"v": 1, "id": "busy", **gen(prompt="keep busy", width=256, height=256, steps=12, progress=True)[0]}
+        await c.send(busy)
+        await c.next("busy")
         reqs = [gen(prompt=f"fine {i}", width=64, height=64, seed=i) for i in range(2)]
         reqs.insert(1, gen(prompt="broken \ud800 prompt", width=64, height=64))
         return await asyncio.gather(*[c.call(*r) for r in reqs])
