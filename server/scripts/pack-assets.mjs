@@ -17,9 +17,11 @@ function clean() {
 
 function copy() {
   clean();
-  // Build the playground fresh, so the tarball never carries a stale page.
-  execFileSync('npm', ['run', 'build', '--workspace', 'web', '--silent'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
-  fs.cpSync(path.join(ROOT, 'web/dist'), PLAYGROUND, { recursive: true, filter: (src) => !src.endsWith('.kleinserve-stamp') });
+  // Built fresh into the package, so the tarball never carries a stale page (and the checkout's web/dist is untouched).
+  execFileSync('npm', ['run', 'build', '--workspace', 'web', '--silent', '--', '--outDir', PLAYGROUND, '--emptyOutDir', '--logLevel', 'error'], {
+    cwd: ROOT,
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   const skip = /(__pycache__|\.egg-info|\.pyc$)/;
   fs.mkdirSync(ENGINE);
   for (const entry of ['pyproject.toml', 'README.md', 'kleinserve_engine']) {

@@ -1,7 +1,7 @@
 // The `kleinserve` command: server roles (serve, api, worker, status), the `edit` client and make-tiny-model.
 // Every flag is declared once here with its default and environment variable, so `--help` documents exactly
 // what is parsed; the role modules load lazily, so `edit` never pulls in the server and `serve` never pg/BullMQ.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -109,6 +109,7 @@ ${KEYS_NOTE}`);
     .action(async (_opts, cmd: Command) => {
       const cfg = loadConfig(flagValues(cmd));
       warnAboutClientKey();
+      checkEngineInstalled(cfg.python);
       const { serve } = await import('./roles/serve.ts');
       await serve(cfg);
     });
@@ -134,6 +135,7 @@ ${KEYS_NOTE}`);
     .action(async (_opts, cmd: Command) => {
       const values = flagValues(cmd);
       const cfg = loadConfig(values);
+      checkEngineInstalled(cfg.python);
       const { loadClusterConfig, workerRegion } = await import('./roles/cluster-config.ts');
       const cluster = loadClusterConfig(values);
       const { runWorker } = await import('./roles/worker.ts');
@@ -170,6 +172,31 @@ function warnAboutClientKey(): void {
       'kleinserve: note: KLEINSERVE_API_KEY (singular) is the key a CLIENT sends; the server reads its accepted keys from\n' +
         '  --api-key or KLEINSERVE_API_KEYS (plural). It is ignored here.\n',
     );
+  }
+}
+
+/** Where `pip install` finds the engine: inside an installed package (shipped by pack-assets), else the checkout's engine/. */
+function engineSource(): string {
+  const packaged = fileURLToPath(new URL('../engine/', import.meta.url));
+  return fs.existsSync(path.join(packaged, 'pyproject.toml')) ? packaged : fileURLToPath(new URL('../../engine/', import.meta.url));
+}
+
+/**
+ * Fails before anything starts when the engine's Python cannot run it, naming the interpreter and the fix, instead of
+ * a supervisor restarting an engine that can never start. Looks the module up without importing torch (fast).
+ */
+function checkEngineInstalled(python: string): void {
+  const probe = spawnSync(python, ['-c', 'import importlib.util, sys; sys.exit(0 if sys.version_info >= (3, 10) and importlib.util.find_spec("kleinserve_engine") else 3)'], {
+    stdio: 'ignore',
+    timeout: 30_000,
+  });
+  const install = `install it with: ${python} -m pip install "${engineSource().replace(/\/$/, '')}" (torch first if you need a specific CUDA or CPU build)`;
+  if (probe.error) {
+    throw new Error(`cannot run the engine's Python "${python}" (${(probe.error as NodeJS.ErrnoException).code ?? probe.error.message}). ` +
+      `Give a Python 3.11+ with --python or KLEINSERVE_PYTHON, then ${install}`);
+  }
+  if (probe.status !== 0) {
+    throw new Error(`"${python}" has no kleinserve_engine module (or is older than Python 3.10); ${install}, or point --python / KLEINSERVE_PYTHON at a Python that has it`);
   }
 }
 
