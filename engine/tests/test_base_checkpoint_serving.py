@@ -14,18 +14,22 @@ from kleinserve_engine.client import EngineClient
 @pytest.fixture(scope="module")
 def server(tiny_checker_dir, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    eng = EngineProcess(["--model", "tiny-base", "--listen", "tcp:127.0.0.1:0", "--data-dir", str(data),
-                         "--batch-window-ms", "150", "--safety-checker", str(tiny_checker_dir), "--safety-policy", "blur",
+    eng = EngineProcess(["--model", "tiny-base", "--listen", "tcp:127.0.0.1:0", "--data-dir", str(data), "--safety-checker", str(tiny_checker_dir), "--safety-policy", "blur",
                          "--safety-threshold", "0", "--allow-safety-opt-out"])
     assert eng.wait_ready(timeout=240)["status"] == "ready"
     yield eng
     eng.stop()
 
 
-def call_all(server, *headers):
+def call_all(server, *headers, behind_busy=False):
     async def go():
         c = await EngineClient.connect(server.address)
         try:
+            if behind_busy:
+                # a running request keeps the inference thread busy, so the others queue and are taken as one batch
+                await c.send({"v": 1, "id": "busy", **gen(prompt="keep busy", width=256, height=256, steps=12,
+                                                          guidance_scale=1, progress=True)})
+                await c.next("busy")
             return await asyncio.gather(*[c.call(h) for h in headers])
         finally:
             await c.close()
@@ -54,7 +58,7 @@ def test_health_says_base_checkpoint_and_checker(server):
 
 def test_guided_requests_batch_with_unguided_ones_and_are_blurred_when_flagged(server):
     results = call_all(server, gen(guidance_scale=5.0, negative_prompt="fog"), gen(guidance_scale=1.0),
-                       gen(guidance_scale=5.0, negative_prompt="fog", safety_checker=False))
+                       gen(guidance_scale=5.0, negative_prompt="fog", safety_checker=False), behind_busy=True)
     (guided, g_blobs, _), (plain, p_blobs, _), (clear, c_blobs, _) = results
     assert [h["op"] for h, _, _ in results] == ["result"] * 3, results
     assert guided["batch_size"] == plain["batch_size"] == clear["batch_size"] == 3

@@ -99,8 +99,7 @@ def test_missing_checker_stops_serve_with_exit_2(tiny_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def failing_server(tiny_dir, tiny_checker_dir, tmp_path_factory):
-    eng = EngineProcess(["--model", str(tiny_dir), "--listen", "tcp:127.0.0.1:0", "--batch-window-ms", "0",
-                         "--data-dir", str(tmp_path_factory.mktemp("data")), "--safety-checker", str(tiny_checker_dir),
+    eng = EngineProcess(["--model", str(tiny_dir), "--listen", "tcp:127.0.0.1:0", "--data-dir", str(tmp_path_factory.mktemp("data")), "--safety-checker", str(tiny_checker_dir),
                          "--safety-policy", "fail", "--safety-threshold", "0"])
     assert eng.wait_ready()["status"] == "ready"
     yield eng
