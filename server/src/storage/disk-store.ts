@@ -47,9 +47,15 @@ export class DiskStore implements ObjectStore {
       }
       fs.renameSync(tmp, file);
     } catch (err) {
-      // A full disk fails mid-write: drop the partial temp file at once so it frees its space (the sweeper
-      // removes any that a crash left behind).
+      // A full disk fails mid-write: drop the partial temp file at once so it frees its space, and the run
+      // folder if this write made it (rmdir refuses a folder with anything in it). The sweeper removes
+      // whatever a crash left behind.
       fs.rmSync(tmp, { force: true });
+      try {
+        fs.rmdirSync(path.dirname(file));
+      } catch {
+        // not empty, or never made
+      }
       const failure = new StorageWriteError(key, 'objects', err);
       this.onWriteFailure?.(failure);
       throw failure;
@@ -88,26 +94,36 @@ export class DiskStore implements ObjectStore {
       if (!TEMP_SUFFIX.test(file) || mtimeMs >= before) continue;
       fs.rmSync(file, { force: true });
       n++;
-      // A run folder that held only the leftover is empty now; rmdir refuses (rightly) if it is not.
-      try {
-        if (path.dirname(file) !== this.root) fs.rmdirSync(path.dirname(file));
-      } catch {
-        // not empty: the folder belongs to a run that still has objects
+    }
+    // Run folders left empty (by the removals above, or by a write that failed after making its folder).
+    for (const top of readdir(this.root)) {
+      if (!top.isDirectory()) continue;
+      for (const run of readdir(path.join(this.root, top.name))) {
+        const dir = path.join(this.root, top.name, run.name);
+        const st = run.isDirectory() ? fs.statSync(dir, { throwIfNoEntry: false }) : undefined;
+        if (!st || st.mtimeMs >= before) continue;
+        try {
+          fs.rmdirSync(dir);
+        } catch {
+          // not empty: it belongs to a run that still has objects
+        }
       }
     }
     return n;
   }
 }
 
+function readdir(dir: string): fs.Dirent[] {
+  try {
+    return fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return []; // removed meanwhile
+  }
+}
+
 /** Every file under `dir` (none if it does not exist), depth first; a folder removed mid-walk is skipped. */
 function* walk(dir: string): Generator<{ file: string; mtimeMs: number }> {
-  let entries: fs.Dirent[];
-  try {
-    entries = fs.readdirSync(dir, { withFileTypes: true });
-  } catch {
-    return;
-  }
-  for (const e of entries) {
+  for (const e of readdir(dir)) {
     const full = path.join(dir, e.name);
     if (e.isDirectory()) yield* walk(full);
     else if (e.isFile()) {

@@ -13,7 +13,10 @@ export interface ObjectStore {
   delete(key: string): Promise<void>;
   /** Every stored object under `prefix` (temporary files excluded), so the sweeper can find those no run owns. */
   list?(prefix: string): AsyncIterable<StoredKey>;
-  /** Removes temporary files older than `before` (epoch ms) that an interrupted write left; returns how many. */
+  /**
+   * Removes temporary files older than `before` (epoch ms) that an interrupted write left, and folders
+   * left empty; returns how many files.
+   */
   removeTemporary?(before: number): Promise<number>;
   /** Absolute path when the object is a local file (lets the output route use sendFile for Range/ETag). */
   localPath?(key: string): string;

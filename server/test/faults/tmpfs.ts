@@ -14,9 +14,13 @@ export interface TinyVolume {
   unmount(): void;
 }
 
-/** Mounts a tmpfs of `sizeBytes` over a fresh directory, or returns the reason it cannot. */
-export function mountTinyVolume(sizeBytes: number, prefix = 'ks-tmpfs-'): TinyVolume | string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+/**
+ * Mounts a tmpfs of `sizeBytes` over a fresh directory (or over `at`, created if missing, e.g. inside
+ * another tiny volume), or returns the reason it cannot.
+ */
+export function mountTinyVolume(sizeBytes: number, at?: string): TinyVolume | string {
+  const dir = at ?? fs.mkdtempSync(path.join(os.tmpdir(), 'ks-tmpfs-'));
+  fs.mkdirSync(dir, { recursive: true });
   try {
     execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${sizeBytes}`, 'tmpfs', dir], { stdio: 'pipe' });
   } catch (err) {
