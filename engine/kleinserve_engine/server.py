@@ -263,6 +263,10 @@ class EngineServer:
         except EngineError as err:
             self.metrics.frames_rejected.labels(err.code).inc()
             conn.send_error(id_, err)
+        except Exception as exc:  # a bug in handling one frame answers that frame and keeps the connection
+            err = internal_error(exc, log, f"frame {id_!r}")
+            self.metrics.frames_rejected.labels(err.code).inc()
+            conn.send_error(id_, err)
 
     def health(self, id_) -> dict:
         return {

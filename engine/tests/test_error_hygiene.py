@@ -69,3 +69,22 @@ def test_unexpected_failure_while_preparing_is_generic(tmp_path):
     (id_, err), = conn.sent
     assert id_ == "r1" and err.code == "INTERNAL"
     assert_generic(err)
+
+
+def test_unexpected_failure_handling_a_frame_answers_that_frame(tmp_path):
+    from kleinserve_engine.server import EngineServer, ServeConfig
+
+    server = EngineServer(ServeConfig(model="unused", listen="tcp:127.0.0.1:0", data_dir=tmp_path))
+
+    def broken(id_):
+        raise TypeError(LEAKY)
+
+    server.health = broken
+    conn = _Conn()
+    try:
+        server._dispatch(conn, {"v": 1, "id": "h1", "op": "health"}, b"")
+    finally:
+        server.pool.shutdown(wait=False)
+    (id_, err), = conn.sent
+    assert id_ == "h1" and err.code == "INTERNAL"
+    assert_generic(err)
