@@ -1,10 +1,14 @@
 // Every error leaves as the contract's {code, message, errors[]}. Zod issues become 422
 // INPUT_VALIDATION_FAILED with errors[] naming `input.image_urls[2]`-style fields; unknown fields are named.
+// Storage that refuses a write is 507 STORAGE_FULL / STORAGE_FAILED naming what could not be stored.
+// Framework messages may quote client input (a path, a content type): they are cut to a bounded length.
 import fp from 'fastify-plugin';
 import type { FastifyError, FastifyInstance } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
 import { ServiceError, type FieldError } from '../errors.ts';
+import { bounded, codeForStatus } from '../http/framework-errors.ts';
 import { errorHeaders, STATUS_OF } from '../http/status.ts';
+import { isStorageFailure, StorageWriteError } from '../storage/write-failure.ts';
 
 type ZodIssueLike = { instancePath: string; message: string; keyword: string; params: Record<string, unknown> };
 
@@ -49,19 +53,29 @@ export default fp(async function errorsPlugin(app: FastifyInstance) {
         errors,
       });
     }
+    if (isStorageFailure(err)) {
+      // A store that converts its failures names what it could not write; a raw one (the idempotency or
+      // retention tables) is the run database.
+      const failure = err instanceof StorageWriteError ? err : new StorageWriteError('run database', 'runs', err);
+      req.log.error({ err: failure.message, store: failure.store }, 'storage refused a write');
+      return reply.code(507).send({
+        code: failure.kind === 'full' ? 'STORAGE_FULL' : 'STORAGE_FAILED',
+        message: `${failure.message}; retry once storage accepts writes again`,
+        errors: [{ field: failure.what, reason: failure.kind === 'full' ? 'storage is full' : 'storage failed' }],
+      });
+    }
     const status = (err as FastifyError).statusCode ?? 500;
     if (status === 413) {
       return reply.code(413).send({ code: 'PAYLOAD_TOO_LARGE', message: 'request body is too large', errors: [] });
     }
     if (status >= 400 && status < 500) {
-      const code = (err as FastifyError).code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? 'UNSUPPORTED_MEDIA_TYPE' : 'BAD_REQUEST';
-      return reply.code(status).send({ code, message: err.message, errors: [] });
+      return reply.code(status).send({ code: codeForStatus(status), message: bounded(err.message), errors: [] });
     }
     req.log.error({ err }, 'unhandled error');
     return reply.code(500).send({ code: 'INTERNAL', message: 'internal error', errors: [] });
   });
 
   app.setNotFoundHandler((req, reply) => {
-    reply.code(404).send({ code: 'NOT_FOUND', message: `no route for ${req.method} ${req.url.split('?')[0]}`, errors: [] });
+    reply.code(404).send({ code: 'NOT_FOUND', message: `no route for ${bounded(req.method, 20)} ${bounded(req.url.split('?')[0])}`, errors: [] });
   });
 });
