@@ -24,6 +24,19 @@ export function remember(run: Run): HistoryEntry[] {
   return list;
 }
 
+/**
+ * The live state of a run in progress ("running · step 2/4"), so the history never says "queued" for a run
+ * the engine is working on. Terminal states come from remember(run).
+ */
+export function updateProgress(id: string, status: string): HistoryEntry[] {
+  const list = loadHistory();
+  const entry = list.find((e) => e.id === id);
+  if (!entry || entry.status === status) return list;
+  entry.status = status;
+  localStorage.setItem(KEY, JSON.stringify(list));
+  return list;
+}
+
 export function renderHistory(list: HTMLOListElement, empty: HTMLElement, entries: HistoryEntry[], onOpen: (id: string) => void) {
   empty.hidden = entries.length > 0;
   list.replaceChildren(...entries.map((e) => {

@@ -1,9 +1,9 @@
 import './style.css';
-import { Kleinserve, RunFailedError, toImageUrl, type Run, type RunInput } from '../../sdk/src/index.js';
-import { loadHistory, remember, renderHistory } from './history.js';
+import { Kleinserve, RunFailedError, toImageUrl, type Run, type RunEvent, type RunInput } from '../../sdk/src/index.js';
+import { loadHistory, remember, renderHistory, updateProgress } from './history.js';
 import { InputList, renderThumbs, wireDropZone } from './inputs.js';
 import { shrinkForUpload } from './shrink.js';
-import { $, clearResult, showError, showEvent, showRun, showStatus } from './view.js';
+import { $, clearResult, offerReseed, revealResult, showError, showEvent, showFailure, showRun, showStatus } from './view.js';
 
 const KEY_STORE = 'kleinserve.apiKey';
 let client = makeClient();
@@ -33,11 +33,27 @@ function readForm(): RunInput {
   };
 }
 
+/** A run's live state goes to the status line and to its history entry. */
+function follow(id: string) {
+  return (ev: RunEvent) => {
+    showEvent(ev);
+    if (ev.type === 'status') refreshHistory(updateProgress(id, ev.status));
+    else if (ev.type === 'progress') refreshHistory(updateProgress(id, `running · step ${ev.step}/${ev.steps}`));
+  };
+}
+
+/** Shows a run as it stands; a finished one offers a re-run with a new seed that is visible before the click. */
+function present(run: Run) {
+  showRun(run);
+  if (run.status_code === 'succeeded') offerReseed(randomSeed());
+  else if (run.status_code === 'failed' || run.status_code === 'canceled') showError(new RunFailedError(run));
+}
+
 async function runEdit() {
   if (busy) return;
   showError(null);
   if (inputs.all.length === 0) {
-    showError(new Error('Add at least one image: drop it, paste it, or give its URL.'));
+    showFailure(new Error('Add at least one image: drop it, paste it, or give its URL.'));
     $('drop').focus();
     return;
   }
@@ -45,19 +61,19 @@ async function runEdit() {
   $<HTMLButtonElement>('run').disabled = true;
   clearResult();
   showStatus('Uploading…');
+  revealResult('status');
   try {
     const image_urls = await Promise.all(inputs.sources().map(async (s, i) =>
       typeof s === 'string' ? s : toImageUrl(await shrinkForUpload(s), i)));
     const created = await client.runs.create({ input: { ...readForm(), image_urls } });
     refreshHistory(remember(created));
     showStatus('Queued…');
-    const run = await client.runs.wait(created.id, { onEvent: showEvent });
+    const run = await client.runs.wait(created.id, { onEvent: follow(created.id) });
     refreshHistory(remember(run));
-    showRun(run);
-    if (run.status_code !== 'succeeded') showError(new RunFailedError(run));
+    present(run);
+    revealResult('result');
   } catch (err) {
-    showStatus('Not started.');
-    showError(err);
+    showFailure(err);
   } finally {
     busy = false;
     $<HTMLButtonElement>('run').disabled = false;
@@ -74,11 +90,13 @@ async function reopen(id: string) {
     $<HTMLInputElement>('steps').value = String(input.steps ?? 4);
     const urls = Array.isArray(input.image_urls) ? input.image_urls.filter((u): u is string => typeof u === 'string' && /^https?:/.test(u)) : [];
     if (urls.length) { for (const i of [...inputs.all]) inputs.remove(i.id); urls.forEach((u) => inputs.addUrl(u)); }
-    showRun(run);
-    if (run.status_code === 'failed' || run.status_code === 'canceled') showError(new RunFailedError(run));
-    else if (run.status_code !== 'succeeded') void client.runs.wait(id, { onEvent: showEvent }).then(showRun, showError);
+    present(run);
+    if (run.status_code !== 'succeeded' && run.status_code !== 'failed' && run.status_code !== 'canceled') {
+      void client.runs.wait(id, { onEvent: follow(id) }).then((done) => { refreshHistory(remember(done)); present(done); }, showFailure);
+    }
+    revealResult('result');
   } catch (err) {
-    showError(err);
+    showFailure(err);
   }
 }
 
@@ -106,7 +124,8 @@ function wire() {
   });
   $('dice').addEventListener('click', () => { $<HTMLInputElement>('seed').value = String(randomSeed()); });
   $('run-form').addEventListener('submit', (e) => { e.preventDefault(); void runEdit(); });
-  $('reseed').addEventListener('click', () => { $<HTMLInputElement>('seed').value = String(randomSeed()); void runEdit(); });
+  // The seed is the one the button shows; it goes into the seed field so the form says what runs.
+  $('reseed').addEventListener('click', () => { $<HTMLInputElement>('seed').value = $('reseed').dataset.seed ?? ''; void runEdit(); });
   document.addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); void runEdit(); }
   });

@@ -29,6 +29,18 @@ export function showEvent(ev: RunEvent) {
   else if (ev.type === 'progress') showStatus(`Step ${ev.step}/${ev.steps} · ${Math.round(ev.elapsed_ms)} ms`, ev);
 }
 
+/**
+ * On a phone the result panel sits below the inputs: bring it up when a run starts (so its progress shows) and when
+ * the result arrives, unless what matters is already on screen (on a desktop it is, so nothing moves).
+ */
+export function revealResult(what: 'status' | 'result') {
+  const box = $(what).getBoundingClientRect();
+  const onScreen = what === 'status' ? box.top >= 0 && box.bottom <= window.innerHeight : box.top >= 0 && box.top < window.innerHeight;
+  if (onScreen) return;
+  const reduce = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+  $('result-panel').scrollIntoView({ behavior: reduce ? 'auto' : 'smooth', block: 'start' });
+}
+
 export function showError(err: unknown) {
   const box = $('error');
   if (err === null) { box.hidden = true; box.replaceChildren(); return; }
@@ -51,6 +63,20 @@ export function clearResult() {
   $('timings').hidden = true;
   $('download').hidden = true;
   $('reseed').hidden = true;
+}
+
+/** A failure replaces whatever the last run left (its image, "Done.", download and re-run), so the two never mix. */
+export function showFailure(err: unknown, status = 'Not started.') {
+  clearResult();
+  showStatus(status);
+  showError(err);
+}
+
+/** The seed the re-run button will use, shown on the button itself before anyone clicks it. */
+export function offerReseed(seed: number) {
+  $('reseed-seed').textContent = String(seed);
+  $('reseed').dataset.seed = String(seed);
+  $('reseed').hidden = false;
 }
 
 export function showRun(run: Run) {
@@ -86,7 +112,6 @@ export function showRun(run: Run) {
     a.download = `kleinserve-${run.id}.${outputs[0].content_type.split('/')[1] ?? 'jpg'}`;
     a.hidden = false;
   }
-  $('reseed').hidden = run.status_code !== 'succeeded';
   const meta = $('run-meta');
   const inputs = Array.isArray(run.input?.image_urls) ? (run.input.image_urls as string[]) : [];
   meta.textContent = `Run ${run.id} · ${inputs.length} input image${inputs.length === 1 ? '' : 's'}` +
