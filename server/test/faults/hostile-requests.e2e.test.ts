@@ -244,7 +244,7 @@ describe('multipart uploads', () => {
   it('a normal upload still works afterwards', async () => {
     const form = new FormData();
     form.append('prompt', 'edit');
-    form.append('image', new Blob([small], { type: 'image/jpeg' }), 'a.jpg');
+    form.append('image', new Blob([new Uint8Array(small)], { type: 'image/jpeg' }), 'a.jpg');
     form.append('num_inference_steps', '1');
     const res = await fetch(`${server.url}/v1/images/edits`, { method: 'POST', headers: { authorization: `Bearer ${KEY}` }, body: form });
     expect(res.status).toBe(200);
