@@ -46,7 +46,7 @@ describe('RetentionSweeper', () => {
       if (r.output) await objects.put(r.output.images[0].key, Buffer.from('jpg'));
     }
     const result = await h.retention.sweep(NOW);
-    expect(result).toEqual({ erased: 3, deleted: 1 });
+    expect(result).toEqual({ erased: 3, deleted: 1, orphans: 0 });
     const has = (key: string) => objects.exists(key);
     expect(await has('outputs/fresh/tok.jpg')).toBe(true);
     expect(await has('outputs/day-old/tok.jpg')).toBe(false);
@@ -60,7 +60,7 @@ describe('RetentionSweeper', () => {
       expect(await has(`inputs/${id}/0`)).toBe(true);
     }
     // Idempotent: a second pass finds nothing left to do.
-    expect(await h.retention.sweep(NOW)).toEqual({ erased: 0, deleted: 0 });
+    expect(await h.retention.sweep(NOW)).toEqual({ erased: 0, deleted: 0, orphans: 0 });
     await h.close();
     await store.close();
   });
