@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                         "model: the whole transformer, static shapes, one graph per warmed bucket")
     s.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: inductor's)")
     s.add_argument("--precision", default="bf16", choices=["bf16", "fp8"], help="fp8: torchao float8 on CUDA (experimental)")
+    s.add_argument("--deterministic", action="store_true",
+                   help="every request alone, with torch's deterministic algorithms: the same input and seed give the "
+                        "same bytes run after run (costs batching; see README)")
     s.add_argument("--warmup", default="auto", help="WxH:REFS,... buckets to warm before ready; 'auto' (CUDA defaults) or 'none'")
     s.add_argument("--data-dir", type=Path, default=None, help="compile caches and the tiny model ($KLEINSERVE_DATA)")
     s.add_argument("--tiny-dir", type=Path, default=None, help="where --model tiny is built (default DATA_DIR/tiny-model)")
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         print(build_tiny_checker(args.dir))
         return 0
 
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, so before torch loads
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "diffusers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         max_ref_pixels=args.max_ref_pixels, max_output_pixels=args.max_output_pixels, compile=args.compile,
         compile_backend=args.compile_backend, compile_mode=args.compile_mode, compile_scope=args.compile_scope, precision=args.precision, warmup=args.warmup, data_dir=data_dir,
         oom_prompt=os.environ.get("KLEINSERVE_TEST_OOM_PROMPT"), threads=args.threads,
-        exit_with_stdin=args.exit_with_stdin,
+        exit_with_stdin=args.exit_with_stdin, deterministic=args.deterministic,
     )
     if args.safety_checker:
         from .safety import DEFAULT_UNSAFE_LABELS, SafetyOptions

@@ -196,3 +196,19 @@ def prepare(model, opts: FastPathOptions) -> Denoiser:
     if opts.channels_last:
         model.vae.to(memory_format=torch.channels_last)
     return Denoiser(model.transformer, opts)
+
+
+def make_deterministic(on: bool = True) -> None:
+    """torch's deterministic algorithms where it has them, cuDNN without autotuning; `on=False` undoes it.
+
+    Ops without a deterministic kernel warn instead of failing (warn_only): the engine keeps serving, and the log
+    names the op. cuBLAS needs a fixed workspace for reproducible results; the variable only takes effect if it is
+    set before cuBLAS starts, which the CLI does for --deterministic.
+    """
+    import torch
+
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False

@@ -18,7 +18,7 @@ import torch
 from . import image_encoding, latents
 from .caches import ByteLRU, tensor_bytes
 from .errors import Canceled, EngineError, OutOfMemory, internal_error
-from .fastpath import Denoiser, FastPathOptions, attention_context, prepare
+from .fastpath import Denoiser, FastPathOptions, attention_context, make_deterministic, prepare
 from .guidance import GuidancePlan, uses_cfg
 from .loading import LoadedModel
 from .lora.rows import RowLora
@@ -51,6 +51,8 @@ class Job:
     enqueued_at: float = field(default_factory=time.perf_counter)
     context: object = None  # the server's handle for answering this job
     loras: list = field(default_factory=list)  # [(lora.adapter.Adapter, scale)]: any mix shares a batch
+    # runs alone (batcher.py) and encodes its prompt alone, uncached: its bytes do not depend on its neighbours
+    deterministic: bool = False
 
     def batch_key(self) -> tuple:
         # guidance is per row (guidance.py), so guided and unguided requests share a batch
@@ -84,6 +86,7 @@ class EngineOptions:
     oom_prompt: str | None = None
     lora: LoraOptions | None = None
     safety: object = None  # safety.SafetyChecker run on every output image, or None
+    deterministic: bool = False  # engine-wide: torch's deterministic algorithms (the server also batches nothing)
 
 
 def _sync(device) -> None:
@@ -101,6 +104,8 @@ class Engine:
         fp = self.options.fastpath or FastPathOptions.for_device(model.device.type)
         self.fastpath = fp
         self.denoiser: Denoiser = prepare(model, fp)
+        if self.options.deterministic:
+            make_deterministic()
         self.adapters = AdapterStore(model.transformer, model.dtype, model.device, self.options.lora, self.metrics.registry)
         self.lora = RowLora(model.transformer, self.adapters, rank_multiple=16 if fp.compile else 1)
 
@@ -110,10 +115,11 @@ class Engine:
         (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(cache.name).inc()
         return value
 
-    def prompt_embeddings(self, prompts: list[str]) -> tuple[dict, dict]:
+    def prompt_embeddings(self, prompts: list[str], cached: bool = True) -> tuple[dict, dict]:
+        """cached=False encodes every prompt afresh and stores nothing (a deterministic request)."""
         found, state = {}, {}
         for p in dict.fromkeys(prompts):
-            hit = self._cached(self.prompt_cache, p)
+            hit = self._cached(self.prompt_cache, p) if cached else None
             state[p] = "hit" if hit is not None else "miss"
             if hit is not None:
                 found[p] = hit
@@ -125,7 +131,8 @@ class Engine:
                 # clone: a row view would pin the whole batch tensor in the cache
                 e = embeds[i : i + 1].clone()
                 found[p] = e
-                self.prompt_cache.put(p, e, tensor_bytes(e))
+                if cached:
+                    self.prompt_cache.put(p, e, tensor_bytes(e))
         return found, state
 
     def reference_latents(self, refs: list[Reference]) -> tuple[list[torch.Tensor], list[str]]:
@@ -188,7 +195,8 @@ class Engine:
         h, w, steps = first.height // 16, first.width // 16, first.steps
 
         with torch.inference_mode():
-            embeds, prompt_state = self.prompt_embeddings([jobs[k].prompt for k in live] + [jobs[k].negative_prompt for k in live if self._guided(jobs[k])])
+            embeds, prompt_state = self.prompt_embeddings([jobs[k].prompt for k in live] + [jobs[k].negative_prompt for k in live if self._guided(jobs[k])],
+                                                          cached=not any(jobs[k].deterministic for k in live))
             _sync(dev)
             t_text = time.perf_counter()
             ref_lats, ref_state = {}, {}

@@ -143,6 +143,7 @@ class GenerateRequest:
     output_quality: int
     progress: bool
     loras: list = ()  # [lora.spec.LoraSpec]
+    deterministic: bool = False  # run alone: the same input and seed give the same bytes whatever else is queued
 
 
 def parse_generate(h: dict, blobs: list[bytes], max_output_pixels: int, model=None,
@@ -189,10 +190,13 @@ def parse_generate(h: dict, blobs: list[bytes], max_output_pixels: int, model=No
     progress = h.get("progress", False)
     if not isinstance(progress, bool):
         raise InvalidRequest("progress: must be a boolean", "progress")
+    deterministic = h.get("deterministic", False)
+    if not isinstance(deterministic, bool):
+        raise InvalidRequest("deterministic: must be a boolean", "deterministic")
     loras = parse_loras(h.get("loras"))
     return GenerateRequest(
         id=h["id"], prompt=prompt, images=images, blobs=blobs, seed=seed, steps=steps, guidance=guidance,
         negative_prompt=negative_prompt, safety_checker=safety_checker,
         width=width, height=height, num_images=num_images, output_format=fmt, output_quality=quality, progress=progress,
-        loras=loras,
+        loras=loras, deterministic=deterministic,
     )

@@ -51,6 +51,7 @@ class ServeConfig:
     oom_prompt: str | None = None
     threads: int = 0  # CPU intra-op threads; 0 = 1 on CPU (see cli.py), torch's default on CUDA
     exit_with_stdin: bool = False  # exit when stdin reaches EOF: the supervising parent died
+    deterministic: bool = False  # every request alone, torch's deterministic algorithms (fastpath.make_deterministic)
     lora: LoraOptions | None = None
     safety: object = None  # safety.SafetyOptions when --safety-checker is given
     allow_safety_opt_out: bool = False
@@ -90,7 +91,8 @@ def limits(cfg: ServeConfig, facts=None) -> dict:
     return {
         "max_ref_pixels": cfg.max_ref_pixels, "min_side": MIN_SIDE, "max_aspect": MAX_ASPECT,
         "max_images": protocol.MAX_IMAGES, "max_steps": facts.max_steps if facts else protocol.MAX_STEPS,
-        "max_output_pixels": cfg.max_output_pixels, "max_batch": cfg.max_batch,
+        "max_output_pixels": cfg.max_output_pixels, "max_batch": 1 if cfg.deterministic else cfg.max_batch,
+        "deterministic": cfg.deterministic,
         "max_loras": MAX_LORAS, "max_lora_rank": (cfg.lora or LoraOptions()).max_rank,
     }
 
@@ -107,7 +109,7 @@ class EngineServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kleinserve-preprocess")
         self.worker = Worker(self._startup, self._on_result_thread, self._on_started_thread,
-                             BatchRule.parse(cfg.batch_rule, cfg.max_batch))
+                             BatchRule.parse(cfg.batch_rule, 1 if cfg.deterministic else cfg.max_batch))
         self.connections: set[_Connection] = set()
         self.load_done: asyncio.Future | None = None
         self._server = None
@@ -179,7 +181,7 @@ class EngineServer:
                                         precision=self.cfg.precision)
         engine = Engine(model, EngineOptions(prompt_cache_mb=self.cfg.prompt_cache_mb, ref_cache_mb=self.cfg.ref_cache_mb,
                                              fastpath=fp, oom_prompt=self.cfg.oom_prompt, safety=checker,
-                                             lora=self.cfg.lora), self.metrics)
+                                             lora=self.cfg.lora, deterministic=self.cfg.deterministic), self.metrics)
         spec = self.cfg.warmup
         if spec == "auto":
             spec = DEFAULT_CUDA_BUCKETS if model.device.type == "cuda" else "none"
@@ -343,7 +345,8 @@ class EngineServer:
                   steps=req.steps, guidance=req.guidance, negative_prompt=req.negative_prompt,
                   safety_check=req.safety_checker, output_format=req.output_format,
                   output_quality=req.output_quality, on_progress=on_progress,
-                  loras=self.worker.engine.adapters.resolve(req.loras) if req.loras else [])
+                  loras=self.worker.engine.adapters.resolve(req.loras) if req.loras else [],
+                  deterministic=req.deterministic or self.cfg.deterministic)
         job.enqueued_at = p.received
         job.context = p
         return job
