@@ -1,6 +1,6 @@
 """Command line: `serve` (the engine process the control plane spawns) and `make-tiny-model DIR`.
 
-Imports stay light until the socket is bound: torch and diffusers load in the worker thread.
+Imports stay light until the socket is bound: torch and diffusers load in the inference thread.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ class Metrics:
         self.cache_misses = Counter(p + "cache_misses", "cache misses", ["cache"], registry=r)
         self.cache_bytes = Gauge(p + "cache_bytes", "bytes held by a cache", ["cache"], registry=r)
         self.cache_entries = Gauge(p + "cache_entries", "entries held by a cache", ["cache"], registry=r)
-        self.queue_depth = Gauge(p + "queue_depth", "requests waiting for the worker", registry=r)
+        self.queue_depth = Gauge(p + "queue_depth", "requests waiting for the inference thread", registry=r)
         self.in_flight = Gauge(p + "in_flight", "requests accepted and not yet answered", registry=r)
         self.ready = Gauge(p + "ready", "1 once the model is loaded and warmed up", registry=r)
         self.warmup_seconds = Gauge(p + "warmup_seconds", "time spent loading and warming up", registry=r)

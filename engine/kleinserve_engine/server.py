@@ -1,7 +1,7 @@
 """asyncio server for engine protocol v1: many connections, many concurrent requests per connection.
 
 The loop does I/O, validation and batching; image decoding and resizing run in a small thread pool; inference
-runs on the single worker thread. torch is imported only by the worker, after the socket is bound.
+runs on the single inference thread. torch is imported only by that thread, after the socket is bound.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .errors import Canceled, EngineError, InvalidRequest, ModelUnavailable, Not
 from .lora.spec import MAX_LORAS, LoraOptions
 from .metrics import Metrics
 from .preprocess import DEFAULT_MAX_REF_PIXELS, MAX_ASPECT, MIN_SIDE
-from .worker import Worker
+from .inference_thread import InferenceThread
 
 log = logging.getLogger("kleinserve_engine.server")
 
@@ -108,7 +108,7 @@ class EngineServer:
         self.facts = None  # model_family.ModelFacts once loaded
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kleinserve-preprocess")
-        self.worker = Worker(self._startup, self._on_result_thread, self._on_started_thread,
+        self.inference = InferenceThread(self._startup, self._on_result_thread, self._on_started_thread,
                              BatchRule.parse(cfg.batch_rule, 1 if cfg.deterministic else cfg.max_batch))
         self.connections: set[_Connection] = set()
         self.load_done: asyncio.Future | None = None
@@ -131,11 +131,11 @@ class EngineServer:
             address = f"tcp:{h}:{p}"
         else:
             raise ValueError(f"--listen must be unix:PATH or tcp:HOST:PORT, got {self.cfg.listen!r}")
-        self.worker.start()
+        self.inference.start()
         return address
 
     async def close(self) -> None:
-        self.worker.stop()
+        self.inference.stop()
         if self._server:
             self._server.close()
         for conn in list(self.connections):
@@ -291,7 +291,7 @@ class EngineServer:
 
     @property
     def queue_depth(self) -> int:
-        return self.worker.queue_depth
+        return self.inference.queue_depth
 
     @property
     def in_flight(self) -> int:
@@ -322,7 +322,7 @@ class EngineServer:
         if p.canceled:
             return self._answer(p, Canceled("canceled before it started"))
         p.job = job
-        self.worker.submit(job)
+        self.inference.submit(job)
 
     def _build_job(self, p: _Pending):
         from .pipeline import Job
@@ -345,7 +345,7 @@ class EngineServer:
                   steps=req.steps, guidance=req.guidance, negative_prompt=req.negative_prompt,
                   safety_check=req.safety_checker, output_format=req.output_format,
                   output_quality=req.output_quality, on_progress=on_progress,
-                  loras=self.worker.engine.adapters.resolve(req.loras) if req.loras else [],
+                  loras=self.inference.engine.adapters.resolve(req.loras) if req.loras else [],
                   deterministic=req.deterministic or self.cfg.deterministic)
         job.enqueued_at = p.received
         job.context = p
@@ -399,9 +399,9 @@ class EngineServer:
         if job is None:
             return  # still being prepared: _prepare answers CANCELED when it finishes
         job.canceled = True
-        if self.worker.remove(job):
+        if self.inference.remove(job):
             self._answer(p, Canceled("canceled while queued"))
-        # otherwise it is running: the worker drops it at the next step boundary and answers CANCELED
+        # otherwise it is running: the inference thread drops it at the next step boundary and answers CANCELED
 
 
 async def serve(cfg: ServeConfig) -> int:

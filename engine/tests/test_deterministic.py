@@ -76,7 +76,7 @@ def test_the_engine_flag_batches_nothing_and_turns_on_torch_determinism():
     cfg = ServeConfig(model="tiny", listen="tcp:127.0.0.1:0", max_batch=8, batch_rule="1024x1024:8", deterministic=True)
     srv = EngineServer(cfg)
     small = type("J", (), {"width": 64, "height": 64, "deterministic": False})()
-    assert srv.worker.queue.rule.limit_for(small) == 1
+    assert srv.inference.queue.rule.limit_for(small) == 1
     assert limits(cfg)["max_batch"] == 1 and limits(cfg)["deterministic"] is True
     try:
         make_deterministic()

@@ -1,5 +1,5 @@
-// Operating policy: per-key quotas, the idempotency window, retention and the HTTP slow-client guards, read
-// from the environment once at start and checked with zod so a typo fails loudly.
+// Operating policy: per-key quotas, the idempotency window, retention, the HTTP slow-client guards and the
+// price of GPU time, read from the environment once at start and checked with zod so a typo fails loudly.
 import { z } from 'zod';
 
 const int = (def: number) => z.coerce.number().int().nonnegative().default(def);
@@ -22,6 +22,8 @@ export const PolicyConfigSchema = z.object({
   headersTimeoutMs: int(15_000),
   maxHeaderBytes: int(16 * 1024),
   keepAliveTimeoutMs: int(5_000),
+  /** What one GPU-hour costs the operator; a run's `cost` is its GPU time at this price. 0: runs cost nothing. */
+  pricePerGpuHour: z.coerce.number().nonnegative().default(0),
 });
 
 export type PolicyConfig = z.infer<typeof PolicyConfigSchema>;
@@ -39,6 +41,7 @@ const ENV: Record<keyof PolicyConfig, string> = {
   headersTimeoutMs: 'KLEINSERVE_HEADERS_TIMEOUT_MS',
   maxHeaderBytes: 'KLEINSERVE_MAX_HEADER_BYTES',
   keepAliveTimeoutMs: 'KLEINSERVE_KEEP_ALIVE_TIMEOUT_MS',
+  pricePerGpuHour: 'KLEINSERVE_PRICE_PER_GPU_HOUR',
 };
 
 export function loadPolicyConfig(env: NodeJS.ProcessEnv = process.env): PolicyConfig {

@@ -2,7 +2,7 @@
 // apart from the dispatcher, so a slow or failing receiver never delays a run; restarts resume pending rows.
 // Slots are shared fairly: each attempt has one deadline for all of it (connect, headers, body), and one
 // receiver host holds at most `perReceiver` of the slots, so slow receivers cannot starve the others.
-import { createHmac } from 'node:crypto';
+import { createHmac, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { request, type Agent } from 'undici';
 import { guardedAgent, type FetchAllowlist } from '../images/index.ts';
@@ -104,7 +104,9 @@ export class CallbackDeliverer {
   }
 
   private async deliver(d: Delivery): Promise<void> {
-    const log = this.opts.logger.child({ run_id: d.run_id, delivery_id: d.id });
+    // One id per attempt, sent as Runflow-Request-Id and recorded, so sender and receiver logs can be matched.
+    const requestId = randomUUID();
+    const log = this.opts.logger.child({ run_id: d.run_id, delivery_id: d.id, request_id: requestId });
     let error: string | null = null;
     let dispatcher: Agent | undefined;
     // One deadline for the whole attempt (name check, connect, sending, the answer's headers): undici's own
@@ -129,6 +131,7 @@ export class CallbackDeliverer {
           'runflow-signature': sign(this.opts.secret, d.body),
           'runflow-event': d.event,
           'runflow-delivery': String(d.id),
+          'runflow-request-id': requestId,
         },
         signal: deadline,
         headersTimeout: this.opts.timeoutMs,
@@ -146,13 +149,13 @@ export class CallbackDeliverer {
     const failures = d.attempts + 1;
     if (!error) {
       log.info({ attempts: failures }, 'callback delivered');
-      await this.opts.store.recordAttempt(d.id, { delivered: true, next_attempt_at: null, error: null });
+      await this.opts.store.recordAttempt(d.id, { delivered: true, next_attempt_at: null, error: null, request_id: requestId });
       return;
     }
     const giveUp = failures >= this.opts.maxAttempts;
     const next = giveUp ? null : Date.now() + backoffMs(this.opts.baseDelayMs, failures);
     log.warn({ attempts: failures, error, give_up: giveUp }, 'callback delivery failed');
-    await this.opts.store.recordAttempt(d.id, { delivered: false, next_attempt_at: next, error });
+    await this.opts.store.recordAttempt(d.id, { delivered: false, next_attempt_at: next, error, request_id: requestId });
   }
 }
 

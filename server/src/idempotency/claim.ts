@@ -19,12 +19,21 @@ export type Claim =
 
 export const MAX_IDEMPOTENCY_KEY = 255;
 
-export async function claimIdempotency(opts: IdempotencyOptions, scope: string, key: string | null): Promise<Claim> {
+/**
+ * `fingerprint` is a hash of what the request asks for: a repeat that asks for something else is refused
+ * (409 naming the key) rather than answered with a run it did not ask for.
+ */
+export async function claimIdempotency(opts: IdempotencyOptions, scope: string, key: string | null, fingerprint?: string): Promise<Claim> {
   if (key === null) return { kind: 'none' };
   const staleMs = opts.staleMs ?? 120_000;
   const deadline = Date.now() + (opts.waitMs ?? 30_000);
   for (;;) {
-    const r = await opts.store.reserve(scope, key, Date.now(), opts.windowMs, staleMs);
+    const r = await opts.store.reserve(scope, key, Date.now(), opts.windowMs, staleMs, fingerprint);
+    if (!r.won && fingerprint && r.fingerprint && r.fingerprint !== fingerprint) {
+      throw new ServiceError('conflict', 'IDEMPOTENCY_KEY_REUSED', `Idempotency-Key ${JSON.stringify(key)} was already used with a different request`, [
+        { field: 'header.idempotency-key', reason: `${JSON.stringify(key)} was already used with a different request body; use a new key for a new request` },
+      ]);
+    }
     if (r.won) {
       return {
         kind: 'new',

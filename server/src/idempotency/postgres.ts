@@ -6,18 +6,18 @@ import type { IdempotencyStore, Reservation } from './store.ts';
 export class PgIdempotencyStore implements IdempotencyStore {
   constructor(private readonly pool: pg.Pool) {}
 
-  async reserve(scope: string, key: string, now: number, windowMs: number, staleMs: number): Promise<Reservation> {
+  async reserve(scope: string, key: string, now: number, windowMs: number, staleMs: number, fingerprint?: string): Promise<Reservation> {
     // One statement: insert, or take over an entry that is out of its window or was abandoned before binding.
     const { rows } = await this.pool.query(
-      `INSERT INTO idempotency_keys AS k (scope, key, run_id, created_at) VALUES ($1, $2, NULL, $3)
-       ON CONFLICT (scope, key) DO UPDATE SET run_id = NULL, created_at = EXCLUDED.created_at
+      `INSERT INTO idempotency_keys AS k (scope, key, run_id, created_at, fingerprint) VALUES ($1, $2, NULL, $3, $6)
+       ON CONFLICT (scope, key) DO UPDATE SET run_id = NULL, created_at = EXCLUDED.created_at, fingerprint = EXCLUDED.fingerprint
          WHERE k.created_at <= $3 - $4::bigint OR (k.run_id IS NULL AND k.created_at <= $3 - $5::bigint)
        RETURNING 1`,
-      [scope, key, now, windowMs, staleMs],
+      [scope, key, now, windowMs, staleMs, fingerprint ?? null],
     );
     if (rows.length) return { won: true };
-    const held = await this.pool.query('SELECT run_id FROM idempotency_keys WHERE scope = $1 AND key = $2', [scope, key]);
-    return { won: false, runId: held.rows[0]?.run_id ?? null };
+    const held = await this.pool.query('SELECT run_id, fingerprint FROM idempotency_keys WHERE scope = $1 AND key = $2', [scope, key]);
+    return { won: false, runId: held.rows[0]?.run_id ?? null, fingerprint: held.rows[0]?.fingerprint ?? undefined };
   }
 
   async isLive(scope: string, key: string, now: number, windowMs: number): Promise<boolean> {

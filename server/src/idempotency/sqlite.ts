@@ -4,7 +4,7 @@ import type Database from 'better-sqlite3';
 import type { IdempotencyStore, Reservation } from './store.ts';
 
 export class SqliteIdempotencyStore implements IdempotencyStore {
-  private readonly reserveTx: (scope: string, key: string, now: number, windowMs: number, staleMs: number) => Reservation;
+  private readonly reserveTx: (scope: string, key: string, now: number, windowMs: number, staleMs: number, fingerprint: string | null) => Reservation;
 
   constructor(private readonly db: Database.Database) {
     db.exec(`CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -12,27 +12,31 @@ export class SqliteIdempotencyStore implements IdempotencyStore {
                key TEXT NOT NULL,
                run_id TEXT,
                created_at INTEGER NOT NULL,
+               fingerprint TEXT,
                PRIMARY KEY (scope, key)
              );
              CREATE INDEX IF NOT EXISTS idempotency_run ON idempotency_keys(run_id);
              CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency_keys(created_at);`);
-    const get = db.prepare('SELECT run_id, created_at FROM idempotency_keys WHERE scope = ? AND key = ?');
+    // Databases made before requests were fingerprinted lack the column.
+    const columns = db.prepare('PRAGMA table_info(idempotency_keys)').all() as { name: string }[];
+    if (!columns.some((c) => c.name === 'fingerprint')) db.exec('ALTER TABLE idempotency_keys ADD COLUMN fingerprint TEXT');
+    const get = db.prepare('SELECT run_id, created_at, fingerprint FROM idempotency_keys WHERE scope = ? AND key = ?');
     const put = db.prepare(
-      `INSERT INTO idempotency_keys (scope, key, run_id, created_at) VALUES (?, ?, NULL, ?)
-       ON CONFLICT (scope, key) DO UPDATE SET run_id = NULL, created_at = excluded.created_at`,
+      `INSERT INTO idempotency_keys (scope, key, run_id, created_at, fingerprint) VALUES (?, ?, NULL, ?, ?)
+       ON CONFLICT (scope, key) DO UPDATE SET run_id = NULL, created_at = excluded.created_at, fingerprint = excluded.fingerprint`,
     );
-    const tx = db.transaction((scope: string, key: string, now: number, windowMs: number, staleMs: number): Reservation => {
-      const row = get.get(scope, key) as { run_id: string | null; created_at: number } | undefined;
+    const tx = db.transaction((scope: string, key: string, now: number, windowMs: number, staleMs: number, fingerprint: string | null): Reservation => {
+      const row = get.get(scope, key) as { run_id: string | null; created_at: number; fingerprint: string | null } | undefined;
       const live = row && row.created_at > now - windowMs && (row.run_id !== null || row.created_at > now - staleMs);
-      if (live) return { won: false, runId: row.run_id };
-      put.run(scope, key, now);
+      if (live) return { won: false, runId: row.run_id, fingerprint: row.fingerprint ?? undefined };
+      put.run(scope, key, now, fingerprint);
       return { won: true };
     });
     this.reserveTx = (...args) => tx.immediate(...args);
   }
 
-  async reserve(scope: string, key: string, now: number, windowMs: number, staleMs: number): Promise<Reservation> {
-    return this.reserveTx(scope, key, now, windowMs, staleMs);
+  async reserve(scope: string, key: string, now: number, windowMs: number, staleMs: number, fingerprint?: string): Promise<Reservation> {
+    return this.reserveTx(scope, key, now, windowMs, staleMs, fingerprint ?? null);
   }
 
   async isLive(scope: string, key: string, now: number, windowMs: number): Promise<boolean> {

@@ -27,6 +27,8 @@ export interface PolicyBackends {
   idempotency: IdempotencyOptions;
   retention: RetentionSweeper;
   http: Partial<FastifyServerOptions>;
+  /** The operator's price of one GPU-hour, for run costs. */
+  pricePerGpuHour: number;
   close(): Promise<void>;
 }
 
@@ -71,6 +73,7 @@ export function assemblePolicy(deps: PolicyDeps, stores: PolicyStores): PolicyBa
     idempotency: { store: stores.idempotency, windowMs: cfg.idempotencyWindowMs },
     retention,
     http: httpServerOptions(cfg, deps.waitCapSeconds),
+    pricePerGpuHour: cfg.pricePerGpuHour,
     async close() {
       await retention.stop();
       await stores.close();

@@ -14,6 +14,8 @@ import type { Metrics } from '../metrics.ts';
 import type { Admission } from '../runs/admission.ts';
 import type { RunEventBus } from '../runs/events.ts';
 import type { RunLifecycle } from '../runs/lifecycle.ts';
+import { AssetLibrary } from '../runs/assets.ts';
+import { InputReferences } from '../runs/references.ts';
 import { RunService } from '../runs/service.ts';
 import type { DeliveryStore } from '../runs/store.ts';
 import { isTerminal, type RunRecord } from '../runs/types.ts';
@@ -116,9 +118,20 @@ export interface ApiParts {
 export async function buildApiServer(cfg: Config, base: RoleBase, parts: ApiParts): Promise<{ app: FastifyInstance; runs: RunService }> {
   const { lifecycle, engine, objects, policy } = parts;
   parts.metrics.registry.registerMetric(base.storage.failures);
+  const assets = new AssetLibrary(objects);
+  const references = new InputReferences({ assets, store: lifecycle.store, objects, baseUrl: base.baseUrl });
   const runs = new RunService({
     lifecycle,
-    intake: { objects, allowlist: base.allowlist, limits: () => engine.limits, maxInputPixels: cfg.maxInputPixels, checkCallbacks: true },
+    intake: {
+      objects,
+      allowlist: base.allowlist,
+      limits: () => engine.limits,
+      maxInputPixels: cfg.maxInputPixels,
+      checkCallbacks: true,
+      references,
+    },
+    assets,
+    references,
     admission: parts.admission,
     idempotency: policy.idempotency,
     quotas: policy.quotas,
@@ -127,6 +140,7 @@ export async function buildApiServer(cfg: Config, base: RoleBase, parts: ApiPart
     objects,
     logger: base.logger,
     waitCapSeconds: cfg.waitCapSeconds,
+    pricePerGpuHour: policy.pricePerGpuHour,
   });
   const app = await buildApp({
     logger: base.logger,

@@ -14,6 +14,7 @@ import { invalidInput, ServiceError, type FieldError } from '../errors.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { StorageWriteError } from '../storage/write-failure.ts';
 import type { RunRequest } from './inputs.ts';
+import type { InputReferences } from './references.ts';
 import type { EngineLimits } from './limits.ts';
 import type { RunRecord, StoredImage } from './types.ts';
 
@@ -24,6 +25,8 @@ export interface IntakeDeps {
   maxInputPixels: number;
   /** Also checks callback_url: a callback to a private address is SSRF by another name. */
   checkCallbacks: boolean;
+  /** Resolves inputs that point back at this server (uploaded assets, stored inputs of earlier runs). */
+  references?: InputReferences;
 }
 
 /** Inline images decoded during intake, by index, so dispatch need not decode them again. */
@@ -46,7 +49,8 @@ export function decodeOptions(limits: EngineLimits, maxInputPixels: number) {
 /** Field names are the canonical run's (Runflow's wire names); other surfaces rename them for their callers. */
 export const imageField = (i: number) => `input.image_urls[${i}]`;
 
-export async function intakeRun(deps: IntakeDeps, req: RunRequest): Promise<Intake> {
+/** `owner`: the caller's scope, for references to its own uploaded assets. */
+export async function intakeRun(deps: IntakeDeps, req: RunRequest, owner: string): Promise<Intake> {
   const { input } = req;
   const id = uuidv7();
   const errors: FieldError[] = [];
@@ -60,7 +64,8 @@ export async function intakeRun(deps: IntakeDeps, req: RunRequest): Promise<Inta
     input.images.map(async (value, i) => {
       const field = imageField(i);
       try {
-        const src = parseImageSource(value, field);
+        const own = await deps.references?.resolve(value, field, owner);
+        const src = own ? { kind: 'inline' as const, bytes: own.bytes, mime: own.mime } : parseImageSource(value, field);
         if (src.kind === 'url') {
           await checkUrlAllowed(src.url, field, deps.allowlist);
           images[i] = { kind: 'url', url: src.url.toString() };

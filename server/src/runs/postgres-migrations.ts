@@ -77,7 +77,7 @@ export const MIGRATIONS: string[] = [
      RETURN NULL;
    END $$ LANGUAGE plpgsql;
    CREATE TRIGGER runs_notify AFTER INSERT OR UPDATE ON runs FOR EACH ROW EXECUTE FUNCTION runs_notify();`,
-  // Idempotency keys and erasures (the hardening seams, cluster/hardening.ts): the unique (scope, key) is what
+  // Idempotency keys and erasures (idempotency/postgres.ts, retention/postgres.ts): the unique (scope, key) is what
   // makes a repeated create return the original run across api replicas.
   `CREATE TABLE idempotency_keys (
      scope TEXT NOT NULL,
@@ -89,4 +89,8 @@ export const MIGRATIONS: string[] = [
    CREATE INDEX idempotency_run ON idempotency_keys(run_id);
    CREATE INDEX idempotency_age ON idempotency_keys(created_at);
    CREATE TABLE run_erasures (run_id TEXT PRIMARY KEY, erased_at BIGINT NOT NULL);`,
+  // A repeated Idempotency-Key must ask for the same run (hash of the canonical request); each callback
+  // attempt records the Runflow-Request-Id it was sent with.
+  `ALTER TABLE idempotency_keys ADD COLUMN fingerprint TEXT;
+   ALTER TABLE deliveries ADD COLUMN request_id TEXT;`,
 ];

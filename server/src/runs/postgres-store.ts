@@ -125,13 +125,20 @@ export class PostgresStore implements RunStore, DeliveryStore {
       params.push(q.cursor);
       where.push(`id < $${params.length}`);
     }
+    if (q.before) {
+      params.push(q.before);
+      where.push(`id > $${params.length}`);
+    }
     if (q.status?.length) {
       params.push(q.status);
       where.push(`status = ANY($${params.length})`);
     }
     params.push(q.limit);
-    const sql = `SELECT * FROM runs ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id DESC LIMIT $${params.length}`;
-    return (await this.pool.query(sql, params)).rows.map(toRecord);
+    // A previous page is the nearest newer runs: read upwards, answer newest first.
+    const order = q.before ? 'ASC' : 'DESC';
+    const sql = `SELECT * FROM runs ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id ${order} LIMIT $${params.length}`;
+    const rows = (await this.pool.query(sql, params)).rows.map(toRecord);
+    return q.before ? rows.reverse() : rows;
   }
 
   transition(id: string, from: RunStatus[], patch: RunPatch & { status: RunStatus }, delivery?: NewDelivery): Promise<RunRecord | null> {
@@ -346,11 +353,11 @@ export class PostgresStore implements RunStore, DeliveryStore {
     return rows[0].t;
   }
 
-  async recordAttempt(id: number, r: { delivered: boolean; next_attempt_at: number | null; error: string | null }): Promise<void> {
+  async recordAttempt(id: number, r: { delivered: boolean; next_attempt_at: number | null; error: string | null; request_id?: string }): Promise<void> {
     const state = r.delivered ? 'delivered' : r.next_attempt_at === null ? 'failed' : 'pending';
     await this.write('callback delivery', () =>
-      this.pool.query('UPDATE deliveries SET attempts = attempts + 1, state = $2, next_attempt_at = $3, last_error = $4 WHERE id = $1', [
-        id, state, r.next_attempt_at ?? 0, r.error,
+      this.pool.query('UPDATE deliveries SET attempts = attempts + 1, state = $2, next_attempt_at = $3, last_error = $4, request_id = $5 WHERE id = $1', [
+        id, state, r.next_attempt_at ?? 0, r.error, r.request_id ?? null,
       ]),
     );
   }

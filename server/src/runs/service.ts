@@ -1,6 +1,7 @@
 // The run service: everything a surface does with runs, below HTTP. One flow for every surface:
 //   submit (idempotency, quotas, intake, admission)  ->  await (hold until terminal, or follow events)
 //   ->  present (the surface renders the run; outputBytes() for answers that carry the images themselves).
+import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { EngineStatusView } from '../engine/engine.ts';
 import { runNotFound, ServiceError } from '../errors.ts';
@@ -9,6 +10,9 @@ import type { RateLimiter } from '../quotas/rate-limiter.ts';
 import type { RetentionSweeper } from '../retention/sweeper.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import type { Admission } from './admission.ts';
+import type { AssetLibrary } from './assets.ts';
+import type { InputReferences } from './references.ts';
+import { runCost } from './cost.ts';
 import type { RunEvent } from './events.ts';
 import type { RunRequest } from './inputs.ts';
 import { assertModelAvailable, intakeRun, type IntakeDeps } from './intake.ts';
@@ -29,6 +33,10 @@ export interface RunServiceDeps {
   logger: Logger;
   /** Cap on how long a request may be held for its run, in seconds. */
   waitCapSeconds: number;
+  /** The operator's price of one GPU-hour; a run's cost is its GPU time at this price. */
+  pricePerGpuHour: number;
+  assets: AssetLibrary;
+  references: InputReferences;
 }
 
 /** Who asks: the hash of their API key (never the key), the scope of idempotency keys and quotas. */
@@ -44,12 +52,24 @@ export interface Submitted {
   replayed: boolean;
 }
 
+/** A hash of what a request asks for, independent of key order, so a repeat can be told from a new request. */
+export function fingerprint(request: RunRequest): string {
+  const canonical = (v: unknown): unknown =>
+    v && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical((v as Record<string, unknown>)[k])]))
+      : Array.isArray(v) ? v.map(canonical) : v;
+  return createHash('sha256').update(JSON.stringify(canonical(request))).digest('hex');
+}
+
 export class RunService {
   readonly waitCapSeconds: number;
+  /** Uploaded assets, referenced by runs. */
+  readonly assets: AssetLibrary;
   private readonly unsubscribe: () => void;
 
   constructor(private readonly deps: RunServiceDeps) {
     this.waitCapSeconds = deps.waitCapSeconds;
+    this.assets = deps.assets;
     // A run's quota slot is held until the run ends, wherever it ends.
     this.unsubscribe = deps.lifecycle.bus.subscribe('*', (ev) => {
       if (ev.type === 'status' && isTerminal(ev.run.status)) void deps.quotas.finished(ev.run.id).catch(() => {});
@@ -67,7 +87,7 @@ export class RunService {
   async submit(caller: Caller, request: RunRequest, opts: { idempotencyKey: string | null }): Promise<Submitted> {
     const { deps } = this;
     assertModelAvailable(deps.engine.state, deps.engine.status().error);
-    const claim = await claimIdempotency(deps.idempotency, caller.scope, opts.idempotencyKey);
+    const claim = await claimIdempotency(deps.idempotency, caller.scope, opts.idempotencyKey, opts.idempotencyKey ? fingerprint(request) : undefined);
     if (claim.kind === 'existing') {
       const first = await deps.lifecycle.store.get(claim.runId);
       if (!first) throw runNotFound(claim.runId);
@@ -76,7 +96,7 @@ export class RunService {
     let slot: string | null = null;
     try {
       slot = await this.takeQuota(caller);
-      const { run, decoded } = await intakeRun(deps.intake, request);
+      const { run, decoded } = await intakeRun(deps.intake, request, caller.scope);
       if (claim.kind === 'new') await claim.bind(run.id);
       const created = await deps.admission.admit(run, decoded, (r) => deps.lifecycle.create(r));
       await deps.quotas.bind(caller.scope, slot, created.id);
@@ -154,6 +174,16 @@ export class RunService {
     const latest = await this.get(id);
     await this.deps.retention.delete(latest);
     this.deps.logger.info({ run_id: id }, 'run deleted on request');
+  }
+
+  /** What the run cost: its GPU time at the configured price per GPU-hour. */
+  cost(run: RunRecord): number {
+    return runCost(run, this.deps.pricePerGpuHour);
+  }
+
+  /** A run's stored input by the parts of its unguessable URL (runs/references.ts inputUrl). */
+  storedInput(runId: string, token: string, index: number) {
+    return this.deps.references.storedInput(runId, token, index);
   }
 
   /** The encoded bytes of each output of a finished run, in order. */

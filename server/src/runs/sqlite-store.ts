@@ -36,6 +36,8 @@ const MIGRATIONS: string[] = [
      last_error TEXT
    );
    CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);`,
+  // Each callback attempt's Runflow-Request-Id.
+  `ALTER TABLE deliveries ADD COLUMN request_id TEXT;`,
 ];
 
 const JSON_COLUMNS = new Set(['input', 'output', 'metadata']);
@@ -111,7 +113,7 @@ export class SqliteStore implements RunStore, DeliveryStore {
       ),
       nextDue: this.db.prepare(`SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE state = 'pending'`),
       attempt: this.db.prepare(
-        `UPDATE deliveries SET attempts = attempts + 1, state = @state, next_attempt_at = @next, last_error = @error WHERE id = @id`,
+        `UPDATE deliveries SET attempts = attempts + 1, state = @state, next_attempt_at = @next, last_error = @error, request_id = @request_id WHERE id = @id`,
       ),
       deliveriesOf: this.db.prepare('SELECT * FROM deliveries WHERE run_id = ? ORDER BY id'),
     };
@@ -146,12 +148,19 @@ export class SqliteStore implements RunStore, DeliveryStore {
       where.push('id < ?');
       params.push(q.cursor);
     }
+    if (q.before) {
+      where.push('id > ?');
+      params.push(q.before);
+    }
     if (q.status?.length) {
       where.push(`status IN (${q.status.map(() => '?').join(',')})`);
       params.push(...q.status);
     }
-    const sql = `SELECT * FROM runs ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id DESC LIMIT ?`;
-    return (this.db.prepare(sql).all(...params, q.limit) as Row[]).map(toRecord);
+    // A previous page is the nearest newer runs: read upwards, answer newest first.
+    const order = q.before ? 'ASC' : 'DESC';
+    const sql = `SELECT * FROM runs ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id ${order} LIMIT ?`;
+    const rows = (this.db.prepare(sql).all(...params, q.limit) as Row[]).map(toRecord);
+    return q.before ? rows.reverse() : rows;
   }
 
   async transition(
@@ -208,9 +217,9 @@ export class SqliteStore implements RunStore, DeliveryStore {
     return (this.stmts.nextDue.get() as { t: number | null }).t;
   }
 
-  async recordAttempt(id: number, r: { delivered: boolean; next_attempt_at: number | null; error: string | null }): Promise<void> {
+  async recordAttempt(id: number, r: { delivered: boolean; next_attempt_at: number | null; error: string | null; request_id?: string }): Promise<void> {
     const state = r.delivered ? 'delivered' : r.next_attempt_at === null ? 'failed' : 'pending';
-    this.write('callback delivery', () => this.stmts.attempt.run({ id, state, next: r.next_attempt_at ?? 0, error: r.error }));
+    this.write('callback delivery', () => this.stmts.attempt.run({ id, state, next: r.next_attempt_at ?? 0, error: r.error, request_id: r.request_id ?? null }));
   }
 
   async getDeliveries(runId: string): Promise<Delivery[]> {

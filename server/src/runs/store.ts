@@ -4,8 +4,10 @@ import type { RunPatch, RunRecord, RunStatus } from './types.ts';
 
 export interface ListQuery {
   limit: number;
-  /** Id of the last run of the previous page; runs are listed newest first (UUID v7 order). */
+  /** Runs older than this id (the next page); runs are listed newest first (UUID v7 order). */
   cursor?: string;
+  /** Runs newer than this id (the previous page), still answered newest first. */
+  before?: string;
   status?: RunStatus[];
 }
 
@@ -51,6 +53,7 @@ export interface DeliveryStore {
   /** Gives back deliveries taken by dueDeliveries but not attempted, so they are due again at once. */
   releaseDeliveries?(ids: number[]): Promise<void>;
   nextDueAt(): Promise<number | null>;
-  recordAttempt(id: number, result: { delivered: boolean; next_attempt_at: number | null; error: string | null }): Promise<void>;
+  /** `request_id`: the Runflow-Request-Id the attempt was sent with, kept on the delivery (the last attempt's). */
+  recordAttempt(id: number, result: { delivered: boolean; next_attempt_at: number | null; error: string | null; request_id?: string }): Promise<void>;
   getDeliveries(runId: string): Promise<Delivery[]>;
 }

@@ -12,10 +12,10 @@ from typing import Callable
 
 from .batcher import BatchQueue, BatchRule
 
-log = logging.getLogger("kleinserve_engine.worker")
+log = logging.getLogger("kleinserve_engine.inference_thread")
 
 
-class Worker(threading.Thread):
+class InferenceThread(threading.Thread):
     def __init__(self, startup: Callable[[], object], on_result: Callable[[object, object], None],
                  on_started: Callable[[object, BaseException | None], None], rule: BatchRule):
         super().__init__(name="kleinserve-inference", daemon=True)
