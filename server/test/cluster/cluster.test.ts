@@ -1,4 +1,4 @@
-// Issue 5 scenarios (a), (b), (d) on one real cluster: Postgres, one region Redis, two `kleinserve api`
+// Cluster scenarios (a), (b), (d) on one real cluster: Postgres, one region Redis, two `kleinserve api`
 // replicas, three `kleinserve worker`s each driving its own Python engine on the tiny model.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -86,6 +86,21 @@ describe('cluster: api replicas + BullMQ workers + Postgres', () => {
     expect([...won.values()].every((n) => n === 1)).toBe(true);
     expect(won.size).toBe(100);
   }, 480_000);
+
+  it('an Idempotency-Key is one key space across replicas: same body, the first run; another body, 409; client_ref never deduplicates', async () => {
+    const [a, b] = apis.map((x) => new Api(x.url, API_KEY));
+    const first = await a.create(body(900), { 'idempotency-key': 'cluster-key-1' });
+    expect(first.status).toBe(200);
+    const again = await b.create(body(900), { 'idempotency-key': 'cluster-key-1' });
+    expect(again.body.id).toBe(first.body.id);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    const changed = await b.create(body(901), { 'idempotency-key': 'cluster-key-1' });
+    expect(changed.status).toBe(409);
+    expect(changed.body).toMatchObject({ code: 'IDEMPOTENCY_KEY_REUSED', errors: [{ field: 'header.idempotency-key' }] });
+    const tagged = await Promise.all([a, b].map((c) => c.create(body(902, { client_ref: 'cluster-tag' }))));
+    expect(tagged[0].body.id).not.toBe(tagged[1].body.id);
+    await waitAllTerminal(db, [first.body.id, ...tagged.map((t) => t.body.id)], 120_000);
+  }, 180_000);
 
   it('(b) kill -9 of a worker holding runs: every run still succeeds, exactly once', async () => {
     const client = new Api(apis[0].url, API_KEY);

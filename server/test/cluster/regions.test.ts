@@ -1,4 +1,4 @@
-// Issue 5 scenario (c): two regions, each with its own Redis and worker. Region a (home) loses its Redis
+// Cluster scenario (c): two regions, each with its own Redis and worker. Region a (home) loses its Redis
 // mid-load: every run still completes, a's queued runs move to b, new runs avoid a; once a's Redis is back
 // (empty, as after a real outage), new runs use a again. Also: per-region metrics and `kleinserve status`.
 import { execFile } from 'node:child_process';

@@ -1,6 +1,6 @@
-// The hostile-image corpus (issue 7 item 2) posted to the REAL server with the REAL engine on the tiny
+// The hostile-image corpus posted to the REAL server with the REAL engine on the tiny
 // model: every hostile input gets a 422 naming it, in bounded time, the accepted ones run, and the
-// server stays healthy and small. Also the SSRF refusals of issue 3 item 4 as the API reports them.
+// server stays healthy and small. Also the SSRF refusals as the API reports them.
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import fs from 'node:fs';

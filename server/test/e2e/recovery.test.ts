@@ -132,8 +132,8 @@ describe('crashes lose nothing and double nothing', () => {
 
   it('ends with every run terminal once: rows and files agree', async () => {
     const list = await (await fetch(`${srv.url}/v1/runs?limit=100`, { headers: api.headers() })).json();
-    expect(list.data.map((r: any) => r.id).sort()).toEqual([...allIds].sort());
-    expect(list.data.every((r: any) => r.status_code === 'succeeded')).toBe(true);
+    expect(list.items.map((r: any) => r.id).sort()).toEqual([...allIds].sort());
+    expect(list.items.every((r: any) => r.status_code === 'succeeded')).toBe(true);
     const dirs = fs.readdirSync(path.join(dataDir, 'objects/outputs'));
     expect(dirs.sort()).toEqual([...allIds].sort());
     for (const id of allIds) expect(outputsOf(id)).toHaveLength(1);

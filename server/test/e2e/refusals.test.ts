@@ -1,4 +1,4 @@
-// Image-input refusals as the API reports them (issue 3 item 4), complementing hostile-images.test.ts:
+// Image-input refusals as the API reports them, complementing hostile-images.test.ts:
 // request-shape refusals at submit time, and the fetch limits (time, bytes, redirects, SSRF on a redirect)
 // that fail an already-queued run at the preprocess stage. Real server, real engine.
 import http from 'node:http';

@@ -87,7 +87,8 @@ describe('runs end to end (real engine, tiny model)', () => {
       input: { prompt: 'sketch', image_urls: [dataUri(png, 'image/png')], steps: 1, output_format: 'png', width: 64, height: 80 },
     });
     expect(body.status_code).toBe('queued');
-    expect(body.input.image_urls[0]).toMatch(/^inline image\/png, \d+ bytes$/);
+    // Read back as the stored copy's unguessable URL, never the bytes themselves.
+    expect(body.input.image_urls[0]).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/v1\/inputs\/[0-9a-f-]{36}\/[0-9a-f]{32}\/0$/);
     const run = await api.waitTerminal(body.id);
     expect(run.status_code).toBe('succeeded');
     const out = run.output.outputs[0];
@@ -159,13 +160,13 @@ describe('runs end to end (real engine, tiny model)', () => {
     expect(badBody).toMatchObject({ event: 'run.failed', status: 'failed' });
   });
 
-  it('lists runs with a status filter and cursor pages', async () => {
+  it('lists runs with a status filter and pq pages', async () => {
     const all = await (await fetch(`${srv.url}/v1/runs?limit=100`, { headers: api.headers() })).json();
     const canceled = await (await fetch(`${srv.url}/v1/runs?status=canceled`, { headers: api.headers() })).json();
-    expect(canceled.data.map((r: any) => r.status_code)).toEqual(['canceled', 'canceled']);
+    expect(canceled.items.map((r: any) => r.status_code)).toEqual(['canceled', 'canceled']);
     const page1 = await (await fetch(`${srv.url}/v1/runs?limit=3`, { headers: api.headers() })).json();
-    const page2 = await (await fetch(`${srv.url}/v1/runs?limit=3&cursor=${page1.next_cursor}`, { headers: api.headers() })).json();
-    expect([...page1.data, ...page2.data].map((r: any) => r.id)).toEqual(all.data.slice(0, 6).map((r: any) => r.id));
+    const page2 = await (await fetch(`${srv.url}/v1/runs?limit=3&pq=${page1.next_pq}`, { headers: api.headers() })).json();
+    expect([...page1.items, ...page2.items].map((r: any) => r.id)).toEqual(all.items.slice(0, 6).map((r: any) => r.id));
   });
 
   it('serves an /openapi.json that validates, and metrics', async () => {

@@ -1,4 +1,4 @@
-// Issue 7 item 1: schemathesis fuzzes the live server through its own /openapi.json (the real engine on
+// Schemathesis fuzzes the live server through its own /openapi.json (the real engine on
 // the tiny model behind it). Every check runs except positive_data_acceptance: no JSON schema can say
 // "this string must decode as an image" or "image_size or width/height, not both", so schema-valid bodies
 // are legitimately refused with 422 naming the field. Bounded: a fixed number of examples per operation

@@ -1,4 +1,4 @@
-// Property-based checks (fast-check) for the input parsers issue 7 names beyond data URIs and base64
+// Property-based checks (fast-check) for the input parsers beyond data URIs and base64
 // (those live in test/images): the Prefer header, and image_size / aspect_ratio sizing rules.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';

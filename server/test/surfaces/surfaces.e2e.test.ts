@@ -1,4 +1,4 @@
-// Issue 6 server surfaces against the REAL server + tiny engine: SSE progress, OpenAI-compatible routes
+// The server's extra surfaces against the REAL server + tiny engine: SSE progress, OpenAI-compatible routes
 // (driven by the official `openai` package), text-to-image, fal/Replicate aliases, sync_mode, the playground route.
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
@@ -152,12 +152,16 @@ describe('text-to-image run route and input aliases', () => {
     expect(run.input.image_urls).toEqual([]);
   });
 
-  it('a repeated create with the same client_ref returns the first run', async () => {
+  it('a repeated create with the same Idempotency-Key returns the first run; the same client_ref alone makes another', async () => {
     const body = { input: { prompt: 'once', width: 64, height: 64, steps: 1 }, client_ref: `t2i_${Date.now()}` };
-    const first = (await (await t2i(body)).json()) as any;
-    const again = await t2i(body);
+    const key = { 'idempotency-key': `t2i_${Date.now()}` };
+    const first = (await (await t2i(body, key)).json()) as any;
+    const again = await t2i(body, key);
     expect(again.status).toBe(200);
     expect(((await again.json()) as any).id).toBe(first.id);
+    const tagged = (await (await t2i(body)).json()) as any;
+    expect(tagged.id).not.toBe(first.id);
+    expect(tagged.client_ref).toBe(body.client_ref);
   });
 
   it('sync_mode answers with data URIs; aspect_ratio + output_megapixels pick the size', async () => {

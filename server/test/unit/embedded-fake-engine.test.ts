@@ -67,7 +67,7 @@ describe('embedded role against a fake engine', () => {
     expect(status).toBe(200);
     expect(body.status_code).toBe('succeeded');
     expect(body.model_id).toBe('black-forest-labs/flux-2-klein-4b/edit');
-    expect(body.input.image_urls[0]).toMatch(/^inline image\/jpeg, \d+ bytes$/);
+    expect(body.input.image_urls[0]).toBe(`${base}/v1/inputs/${body.id}/${body.output.outputs[0].url.match(/\/([0-9a-f]{32})\.jpg$/)[1]}/0`);
     expect(body.output.seed).toBe(5);
     expect(body.output.nsfw_detected).toBe(false);
     expect(body.output.timing.denoise_ms).toBeGreaterThan(0);
@@ -157,15 +157,15 @@ describe('embedded role against a fake engine', () => {
     expect(w.status).toBe(401);
   });
 
-  it('lists runs newest first with a cursor and a status filter', async () => {
+  it('lists runs newest first with a page token and a status filter', async () => {
     const p1 = await (await fetch(`${base}/v1/runs?limit=2`, { headers: auth })).json();
-    expect(p1.data).toHaveLength(2);
-    expect(p1.has_more).toBe(true);
-    const p2 = await (await fetch(`${base}/v1/runs?limit=2&cursor=${p1.next_cursor}`, { headers: auth })).json();
-    expect(p2.data[0].id < p1.data[1].id).toBe(true);
+    expect(p1.items).toHaveLength(2);
+    expect(p1.next_pq).toEqual(expect.any(String));
+    const p2 = await (await fetch(`${base}/v1/runs?limit=2&pq=${p1.next_pq}`, { headers: auth })).json();
+    expect(p2.items[0].id < p1.items[1].id).toBe(true);
     const failed = await (await fetch(`${base}/v1/runs?status=failed`, { headers: auth })).json();
-    expect(failed.data.length).toBeGreaterThanOrEqual(2);
-    expect(failed.data.every((r: any) => r.status_code === 'failed')).toBe(true);
+    expect(failed.items.length).toBeGreaterThanOrEqual(2);
+    expect(failed.items.every((r: any) => r.status_code === 'failed')).toBe(true);
     const bad = await fetch(`${base}/v1/runs?status=done`, { headers: auth });
     expect(bad.status).toBe(422);
   });

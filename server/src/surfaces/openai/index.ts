@@ -12,6 +12,7 @@ import { limitUpload } from '../../http/upload-limit.ts';
 import { errorHeaders, STATUS_OF } from '../../http/status.ts';
 import { INPUT_LIMITS, sideProblem } from '../../runs/limits.ts';
 import { MODEL_EDIT, MODEL_TEXT_TO_IMAGE, type RunRequest } from '../../runs/inputs.ts';
+import { endedWithoutOutput } from '../../runs/failure.ts';
 import type { RunRecord } from '../../runs/types.ts';
 import { outputUrl } from '../../http/outputs.ts';
 import type { SurfaceDeps } from '../surface.ts';
@@ -92,13 +93,7 @@ async function readParts(req: FastifyRequest, params: Record<string, unknown>, i
 async function answer(deps: SurfaceDeps, reply: FastifyReply, created: RunRecord, format: 'b64_json' | 'url') {
   const { runs } = deps;
   const run = await runs.awaitEnd(created, Math.max(runs.waitCapSeconds, 300), clientGone(reply));
-  if (run.status !== 'succeeded') {
-    if (run.status === 'failed') {
-      const kind = run.failure_code === 'INPUT_VALIDATION_FAILED' || run.failure_code === 'IMAGE_FETCH_FAILED' ? 'invalid_input' : run.failure_code === 'MODEL_UNAVAILABLE' ? 'unavailable' : 'internal';
-      throw new ServiceError(kind, run.failure_code ?? 'RUN_FAILED', run.failure_message ?? 'the run failed');
-    }
-    throw new ServiceError(run.status === 'canceled' ? 'conflict' : 'timeout', run.status === 'canceled' ? 'RUN_CANCELED' : 'TIMEOUT', `run ${run.id} is ${run.status}`);
-  }
+  if (run.status !== 'succeeded') throw endedWithoutOutput(run);
   const out = run.output!;
   const data =
     format === 'url'

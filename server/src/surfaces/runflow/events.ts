@@ -69,7 +69,7 @@ function stream(
 
   let lastStatus = first.status;
   const terminal = (run: RunRecord) => {
-    res.write(frame('run', toRunObject(run, deps.baseUrl())));
+    res.write(frame('run', toRunObject(run, deps.baseUrl(), deps.runs.cost(run))));
     close();
   };
   const onEvent = (ev: RunEvent) => {

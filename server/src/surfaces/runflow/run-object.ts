@@ -1,15 +1,15 @@
 // The service's run -> Runflow's run object and callback envelope. Inline images are summarised, never
 // echoed back as megabytes.
 import { outputUrl } from '../../http/outputs.ts';
-import type { RunRecord, StoredImage } from '../../runs/types.ts';
+import { inputUrl } from '../../runs/references.ts';
+import type { RunRecord } from '../../runs/types.ts';
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 
-function describeImage(img: StoredImage): string {
-  return img.kind === 'url' ? img.url : `inline ${img.mime ?? 'image'}, ${img.bytes} bytes`;
-}
 
-export function toRunObject(run: RunRecord, baseUrl: string) {
+
+/** `cost`: what the run cost the operator (runs/cost.ts); 0 unless a price per GPU-hour is configured. */
+export function toRunObject(run: RunRecord, baseUrl: string, cost = 0) {
   const { input } = run;
   const failed = run.status === 'failed';
   return {
@@ -18,7 +18,8 @@ export function toRunObject(run: RunRecord, baseUrl: string) {
     model_id: run.model_id,
     input: {
       prompt: input.prompt,
-      image_urls: input.images.map(describeImage),
+      // Inline images read back as their stored copy's unguessable URL, which can be submitted again.
+      image_urls: input.images.map((img, i) => (img.kind === 'url' ? img.url : inputUrl(baseUrl, run, i))),
       seed: input.seed,
       steps: input.steps,
       output_format: input.output_format,
@@ -44,8 +45,7 @@ export function toRunObject(run: RunRecord, baseUrl: string) {
     started_at: iso(run.started_at),
     completed_at: iso(run.completed_at),
     duration_ms: run.completed_at !== null && run.started_at !== null ? run.completed_at - run.started_at : null,
-    // Self-hosted: there is no per-run charge, but clients that sum costs expect a number.
-    cost: 0,
+    cost,
     failure_code: failed ? run.failure_code : null,
     failure_message: failed ? run.failure_message : null,
     failure_stage_code: failed ? run.failure_stage_code : null,
@@ -69,7 +69,8 @@ export function callbackEnvelope(run: RunRecord, baseUrl: string): { event: stri
     event,
     run_id: run.id,
     status: run.status,
-    output: obj.output,
+    // Runflow's run.failed callbacks carry the error envelope where a completed run's outputs would be.
+    output: run.status === 'failed' ? { error: obj.error } : obj.output,
     error: obj.error,
     duration_ms: obj.duration_ms,
     created_at: obj.created_at,

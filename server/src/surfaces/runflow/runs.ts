@@ -25,6 +25,7 @@ import {
   type TextToImageBody,
 } from './schemas.ts';
 import { toRunRequest } from './inputs.ts';
+import { encodePageToken, type PageToken } from './page-token.ts';
 
 export interface RunflowDeps {
   runs: RunService;
@@ -34,7 +35,7 @@ export interface RunflowDeps {
 const DeletedSchema = z.object({ id: z.string(), deleted: z.literal(true) });
 
 export const runRoutes: FastifyPluginAsyncZod<RunflowDeps> = async (app, { runs, baseUrl }) => {
-  const render = (run: RunRecord) => toRunObject(run, baseUrl());
+  const render = (run: RunRecord) => toRunObject(run, baseUrl(), runs.cost(run));
 
   /** sync_mode: the run object with every output URL replaced by a data URI of its bytes. */
   async function renderInline(run: RunRecord): Promise<RunObject> {
@@ -46,9 +47,9 @@ export const runRoutes: FastifyPluginAsyncZod<RunflowDeps> = async (app, { runs,
   }
 
   async function create(req: FastifyRequest, reply: FastifyReply, modelId: string, body: CreateRunBody | TextToImageBody) {
-    // The Idempotency-Key header, else client_ref, deduplicates a repeated create.
-    const key = idempotencyKeyHeader(req) ?? (body.client_ref || null);
-    const { run, replayed } = await runs.submit(callerOf(req), toRunRequest(modelId, body), { idempotencyKey: key });
+    // Only the Idempotency-Key header deduplicates; client_ref is the caller's own reference (Runflow:
+    // mutations are not idempotent by default).
+    const { run, replayed } = await runs.submit(callerOf(req), toRunRequest(modelId, body), { idempotencyKey: idempotencyKeyHeader(req) });
     if (replayed) reply.header('idempotent-replayed', 'true');
     const sync = body.input.sync_mode === true;
     const wait = sync ? runs.waitCapSeconds : parsePreferWait(req.headers.prefer, runs.waitCapSeconds);
@@ -105,11 +106,30 @@ export const runRoutes: FastifyPluginAsyncZod<RunflowDeps> = async (app, { runs,
     '/v1/runs',
     { schema: { summary: 'List runs, newest first', tags: ['runs'], querystring: ListRunsQuerySchema, response: { 200: RunListSchema, ...errorResponses } } },
     async (req) => {
-      const { limit, cursor, status } = req.query;
-      const rows = await runs.list({ limit: limit + 1, cursor, status });
-      const page = rows.slice(0, limit);
-      const hasMore = rows.length > limit;
-      return { data: page.map(render), next_cursor: hasMore ? page[page.length - 1].id : null, has_more: hasMore };
+      const { limit, pq, status } = req.query;
+      const token = (pq ?? null) as PageToken | null;
+      let page: RunRecord[];
+      let older: boolean;
+      let newer: boolean;
+      if (token && 'prev' in token) {
+        // Newest first; one extra run at the front says there are newer ones still.
+        const rows = await runs.list({ limit: limit + 1, before: token.prev, status });
+        newer = rows.length > limit;
+        page = newer ? rows.slice(1) : rows;
+        older = true;
+      } else {
+        const rows = await runs.list({ limit: limit + 1, cursor: token?.next, status });
+        older = rows.length > limit;
+        page = rows.slice(0, limit);
+        newer = token !== null;
+      }
+      const first = page[0];
+      const last = page[page.length - 1];
+      return {
+        items: page.map(render),
+        next_pq: older && last ? encodePageToken({ next: last.id }) : null,
+        prev_pq: newer && first ? encodePageToken({ prev: first.id }) : null,
+      };
     },
   );
 

@@ -5,6 +5,7 @@ import { MODEL_EDIT } from '../../runs/inputs.ts';
 import { INPUT_LIMITS, inputFields } from '../../runs/limits.ts';
 import { RUN_STATUSES } from '../../runs/types.ts';
 import { ALIAS_FIELDS, ImageSizeSchema } from './input-aliases.ts';
+import { decodePageToken } from './page-token.ts';
 
 /** Model ids a run route accepts, with the canonical id each maps to. */
 export const MODEL_ALIASES: Record<string, string> = {
@@ -83,9 +84,25 @@ export const PreferHeaderSchema = z.object({
 
 export const RunIdParamsSchema = z.object({ id: z.string().min(1).max(64) });
 
-export const ListRunsQuerySchema = z.object({
-  limit: z.coerce.number().int().min(1).max(100).default(20),
-  cursor: z.string().max(64).optional(),
+export const LIST_LIMIT_MAX = 500;
+
+/** Strict: a parameter the route does not know is a 422 naming it, not silently dropped. */
+export const ListRunsQuerySchema = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(LIST_LIMIT_MAX).default(20),
+  pq: z
+    .string()
+    .max(256)
+    .optional()
+    .describe('page token: next_pq or prev_pq of an earlier answer')
+    .transform((s, ctx) => {
+      if (s === undefined) return undefined;
+      const token = decodePageToken(s);
+      if (!token) {
+        ctx.addIssue({ code: 'custom', message: 'not a page token; pass next_pq or prev_pq from an earlier answer' });
+        return z.NEVER;
+      }
+      return token;
+    }),
   status: z
     .string()
     // The pattern puts the allowed values in the OpenAPI document, so clients (and fuzzers) can know them.
@@ -146,9 +163,9 @@ export const RunObjectSchema = z
   .meta({ id: 'Run' });
 
 export const RunListSchema = z.object({
-  data: z.array(RunObjectSchema),
-  next_cursor: z.string().nullable(),
-  has_more: z.boolean(),
+  items: z.array(RunObjectSchema),
+  next_pq: z.string().nullable().describe('pq of the next (older) page, null on the last'),
+  prev_pq: z.string().nullable().describe('pq of the previous (newer) page, null on the first'),
 });
 
 export const ErrorBodySchema = z
