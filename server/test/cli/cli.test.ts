@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { KleinserveError } from '@kleinserve/sdk';
+import type { Command } from 'commander';
 import { describe, expect, it } from 'vitest';
 import { buildProgram, VERSION } from '../../src/cli.ts';
 import { describeFailure } from '../../src/cli-edit/command.ts';
@@ -47,15 +48,17 @@ describe('kleinserve --help and --version', () => {
   it('lists every option of every subcommand with its environment variable and default', () => {
     const program = buildProgram();
     const top = program.helpInformation();
-    for (const cmd of program.commands) {
+    for (const cmd of program.commands) expect(top).toContain(cmd.name());
+    const all = (c: Command): Command[] => c.commands.flatMap((sub) => [sub, ...all(sub)]);
+    for (const cmd of all(program)) {
       if (cmd.name() === 'help') continue;
-      expect(top).toContain(cmd.name());
       const help = cmd.helpInformation().replace(/\s+/g, ' ');
       for (const option of cmd.options) {
         if ((option as { hidden?: boolean }).hidden) continue;
         expect(help, `${cmd.name()} ${option.long}`).toContain(option.flags);
         if (option.envVar) expect(help, `${cmd.name()} ${option.long}`).toContain(`env: ${option.envVar}`);
-        if (option.defaultValue !== undefined || option.defaultValueDescription) {
+        // A boolean flag is off unless given; every other option says what applies without it.
+        if (!option.isBoolean() && (option.defaultValue !== undefined || option.defaultValueDescription)) {
           expect(help, `${cmd.name()} ${option.long}`).toMatch(new RegExp(`${option.flags.replace(/[[\]|<>.-]/g, '\\$&')}.*default: `));
         }
       }
