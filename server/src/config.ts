@@ -23,6 +23,8 @@ export const ConfigSchema = z.object({
   port: z.coerce.number().int().min(0).max(65535).default(8080),
   dataDir: z.string().min(1),
   apiKeys: z.array(z.string().regex(KEY_PATTERN, 'API keys must match ^[A-Za-z0-9_]+$')).default([]),
+  /** Whether GET /metrics needs an API key; auto: yes unless bound to loopback. */
+  metricsRequireKey: z.enum(['auto', 'yes', 'no']).default('auto'),
   publicBaseUrl: z.url().optional(),
   callbackSecret: z.string().min(1).optional(),
   fetchAllowlist: z.string().optional(),
@@ -59,6 +61,7 @@ export function loadConfig(values: Record<string, unknown>, env: NodeJS.ProcessE
     port: values.port ?? env.PORT,
     dataDir: path.resolve((values.data as string | undefined) ?? env.KLEINSERVE_DATA ?? '.data'),
     apiKeys: flagKeys.length ? flagKeys : list(env.KLEINSERVE_API_KEYS),
+    metricsRequireKey: values['metrics-require-key'] ?? (env.KLEINSERVE_METRICS_REQUIRE_KEY || undefined),
     publicBaseUrl: env.PUBLIC_BASE_URL || undefined,
     callbackSecret: env.KLEINSERVE_CALLBACK_SECRET || undefined,
     fetchAllowlist: env.KLEINSERVE_FETCH_ALLOWLIST,

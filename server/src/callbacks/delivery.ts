@@ -2,12 +2,13 @@
 // apart from the dispatcher, so a slow or failing receiver never delays a run; restarts resume pending rows.
 // Slots are shared fairly: each attempt has one deadline for all of it (connect, headers, body), and one
 // receiver host holds at most `perReceiver` of the slots, so slow receivers cannot starve the others.
-import { createHmac, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { request, type Agent } from 'undici';
 import { guardedAgent, type FetchAllowlist } from '../images/index.ts';
 import type { Delivery, DeliveryStore } from '../runs/store.ts';
 import { receiverOf, receiverUrlPatterns } from './receiver.ts';
+import { sign, signatureHeaders } from './signing.ts';
 
 export interface DeliveryOptions {
   store: DeliveryStore;
@@ -24,7 +25,7 @@ export interface DeliveryOptions {
   perReceiver?: number;
 }
 
-export const sign = (secret: string, body: string): string => createHmac('sha256', secret).update(body).digest('hex');
+export { sign };
 
 /** Delay before attempt n+1 after n failures: base * 2^(n-1), capped at an hour, with +-20% jitter. */
 export function backoffMs(base: number, failures: number): number {
@@ -128,7 +129,7 @@ export class CallbackDeliverer {
         headers: {
           'content-type': 'application/json',
           'user-agent': 'kleinserve-callbacks/1',
-          'runflow-signature': sign(this.opts.secret, d.body),
+          ...signatureHeaders(this.opts.secret, { messageId: `${d.run_id}.${d.id}`, body: d.body, signing: d.signing }),
           'runflow-event': d.event,
           'runflow-delivery': String(d.id),
           'runflow-request-id': requestId,

@@ -1,4 +1,4 @@
-// Bearer API keys on every route except those that opt out with `config: { public: true }` (health,
+// API keys on every route except those that opt out with `config: { public: true }` (health,
 // metrics, OpenAPI, outputs, whose URLs are unguessable). The caller handed to the run service is the
 // hash of its key, never the key itself.
 import fp from 'fastify-plugin';
@@ -13,9 +13,16 @@ declare module 'fastify' {
   }
 }
 
+/**
+ * The API key a request carries, in any of the forms the supported clients send, all checked against the
+ * same keys: `Authorization: Bearer <key>` (Runflow, OpenAI, Replicate), `Authorization: Key <key>` (fal),
+ * `x-key: <key>` (BFL).
+ */
 export function bearerKey(req: FastifyRequest): string | null {
-  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
-  return m ? m[1] : null;
+  const m = /^(?:Bearer|Key)\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+  if (m) return m[1];
+  const x = req.headers['x-key'];
+  return typeof x === 'string' && x.trim() ? x.trim() : null;
 }
 
 /** The caller's identity for idempotency and quotas. */
@@ -27,10 +34,10 @@ export function callerOf(req: FastifyRequest): Caller {
 export default fp(async function authPlugin(app: FastifyInstance, opts: { keys: KeyRing }) {
   app.addHook('onRequest', async (req) => {
     if (req.routeOptions.config?.public || !req.routeOptions.url) return;
-    const header = req.headers.authorization;
+    const header = req.headers.authorization ?? req.headers['x-key'];
     const key = bearerKey(req);
     if (!key || !opts.keys.check(key)) {
-      throw new ServiceError('unauthorized', 'UNAUTHORIZED', header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key>');
+      throw new ServiceError('unauthorized', 'UNAUTHORIZED', header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key> (or Key <key>, or an x-key header)');
     }
   });
 });

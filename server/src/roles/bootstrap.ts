@@ -5,8 +5,11 @@ import fs from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { buildApp } from '../app.ts';
-import { loadKeys, type KeyRing } from '../auth/keys.ts';
+import { hashKey, keyId, loadKeys, type KeyRing } from '../auth/keys.ts';
+import { DOCS_PATH } from '../http/docs-page.ts';
+import { metricsRequireKey } from '../http/metrics.ts';
 import { CallbackDeliverer } from '../callbacks/delivery.ts';
+import { standardWebhooksSecret } from '../callbacks/signing.ts';
 import { callbackSecret, type Config } from '../config.ts';
 import type { EngineStatusView } from '../engine/engine.ts';
 import { parseAllowlist, type FetchAllowlist } from '../images/index.ts';
@@ -21,7 +24,7 @@ import type { DeliveryStore } from '../runs/store.ts';
 import { isTerminal, type RunRecord } from '../runs/types.ts';
 import { StorageHealth } from '../storage/health.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
-import { callbackEnvelope } from '../surfaces/runflow/run-object.ts';
+import { callbackBody } from './callback-bodies.ts';
 import type { PolicyBackends } from './backends.ts';
 
 export type RoleName = 'serve' | 'api' | 'worker';
@@ -57,19 +60,35 @@ export function bootstrapRole(role: RoleName, cfg: Config, opts: { logger?: Logg
       }
       return baseUrl;
     },
-    callbackBody: (run) => callbackEnvelope(run, baseUrl),
+    callbackBody: (run) => callbackBody(run, baseUrl),
     storage: new StorageHealth(logger.child({ part: 'storage' })),
   };
 }
 
-/** The API keys of a role that serves the API; a first start without any generates one and shows it once. */
+/**
+ * The API keys of a role that serves the API. A first start without any generates one into an owner-only file
+ * in the data dir; the key itself is shown only on an interactive terminal, never in a log or stdout line
+ * (both end up wherever logs are shipped).
+ */
 export function roleKeys(cfg: Config, quiet: boolean): { ring: KeyRing; generated: string | null } {
-  const { ring, generated } = loadKeys(cfg.apiKeys, cfg.dataDir);
+  const { ring, generated, keyFile } = loadKeys(cfg.apiKeys, cfg.dataDir);
   if (generated && !quiet) {
-    announce({ event: 'api_key_created', api_key: generated, note: 'shown once; only its hash is stored' });
-    process.stderr.write(`\nkleinserve: created an API key (shown only this once):\n\n    ${generated}\n\n`);
+    announce({ event: 'api_key_created', key_file: keyFile, key_id: keyId(hashKey(generated)) });
+    if (process.stderr.isTTY) process.stderr.write(`\nkleinserve: created an API key (also in ${keyFile}, readable only by you):\n\n    ${generated}\n\n`);
   }
   return { ring, generated };
+}
+
+/** Logs one "ready" line, with the addresses a person opens, the first time the engine is ready. */
+export function logWhenReady(logger: Logger, engine: EngineStatusView, url: string): void {
+  const log = () => logger.info({ url, playground: `${url}/`, docs: `${url}${DOCS_PATH}`, openapi: `${url}/openapi.json` }, 'ready');
+  // Polled rather than evented: a cluster's engine view derives its state from the regions' heartbeats.
+  const timer = setInterval(() => {
+    if (engine.state !== 'ready') return;
+    clearInterval(timer);
+    log();
+  }, 200);
+  timer.unref();
 }
 
 /** Delivers callbacks from the persisted outbox, woken whenever a run with a callback ends. */
@@ -84,7 +103,8 @@ export function callbackDeliverer(cfg: Config, base: RoleBase, store: DeliverySt
     timeoutMs: cfg.callbackTimeoutMs,
   });
   bus.subscribe('*', (ev) => {
-    if (ev.type === 'status' && ev.run.callback_url && isTerminal(ev.run.status)) deliverer.kick();
+    // Runs whose surface asks for callbacks before the end (a webhook on start) may write one on any change.
+    if (ev.type === 'status' && ev.run.callback_url && (isTerminal(ev.run.status) || ev.run.callback?.on)) deliverer.kick();
   });
   return deliverer;
 }
@@ -153,6 +173,8 @@ export async function buildApiServer(cfg: Config, base: RoleBase, parts: ApiPart
     bodyLimitBytes: cfg.bodyLimitBytes,
     http: policy.http,
     storage: base.storage,
+    metricsRequireKey: metricsRequireKey(cfg.metricsRequireKey, cfg.host),
+    standardWebhooksSecret: standardWebhooksSecret(callbackSecret(cfg)),
   });
   return { app, runs };
 }

@@ -15,7 +15,7 @@ import { DiskStore } from '../storage/disk-store.ts';
 import { objectStoreProbe, sqliteProbe } from '../storage/probes.ts';
 import { guardProcess } from '../process-guard.ts';
 import { embeddedPolicy } from './backends.ts';
-import { announce, bootstrapRole, buildApiServer, callbackDeliverer, onSignals, roleKeys } from './bootstrap.ts';
+import { announce, bootstrapRole, buildApiServer, callbackDeliverer, logWhenReady, onSignals, roleKeys } from './bootstrap.ts';
 
 export interface EmbeddedOptions {
   /** Tests pass a protocol-speaking fake; by default the Python engine is spawned and supervised. */
@@ -97,6 +97,7 @@ export async function serve(cfg: Config): Promise<void> {
   const node = await createEmbedded(cfg);
   const { url, port } = await node.start();
   announce({ event: 'listening', url, host: cfg.host, port, pid: process.pid, data: cfg.dataDir });
+  logWhenReady(node.logger, node.engine, url);
   guardProcess(node.logger);
   onSignals(node.logger, node.stop);
 }

@@ -1,5 +1,7 @@
 // The canonical run inputs every surface translates its wire format into. Defaults are applied and aliases
 // resolved by then; image sources are as the caller gave them (URL, data: URI, raw base64, or asset:<id>).
+import type { CallbackSpec } from './types.ts';
+
 /** The model ids runs carry: FLUX.2 [klein] 4B's edit and text-to-image modes. */
 export const MODEL_EDIT = 'black-forest-labs/flux-2-klein-4b/edit';
 export const MODEL_TEXT_TO_IMAGE = 'black-forest-labs/flux-2-klein-4b';
@@ -31,4 +33,6 @@ export interface RunRequest {
   callback_url: string | null;
   metadata: Record<string, unknown> | null;
   client_ref: string | null;
+  /** The surface's callback contract, when it is not the default one. */
+  callback?: CallbackSpec;
 }

@@ -129,6 +129,7 @@ export async function intakeRun(deps: IntakeDeps, req: RunRequest, owner: string
     metadata: req.metadata,
     client_ref: req.client_ref,
     callback_url: req.callback_url,
+    ...(req.callback ? { callback: req.callback } : {}),
     created_at: Date.now(),
     started_at: null,
     completed_at: null,

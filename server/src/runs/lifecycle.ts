@@ -6,7 +6,7 @@ import type { RunEventBus } from './events.ts';
 import type { NewDelivery, RunStore } from './store.ts';
 import { StorageWriteError } from '../storage/write-failure.ts';
 import { UnrecordedTransitions } from './unrecorded-transitions.ts';
-import { type RunPatch, type RunRecord, type RunStatus, type StoredOutput } from './types.ts';
+import { isTerminal, type RunPatch, type RunRecord, type RunStatus, type StoredOutput } from './types.ts';
 
 export type FailureStage = 'validation' | 'preprocess' | 'dispatch' | 'inference' | 'postprocess';
 
@@ -43,7 +43,8 @@ export class RunLifecycle {
   }
 
   async markRunning(run: RunRecord): Promise<RunRecord | null> {
-    return this.publish(await this.store.transition(run.id, ['dispatching'], { status: 'running', started_at: Date.now() }));
+    const patch = { status: 'running' as const, started_at: Date.now() };
+    return this.publish(await this.store.transition(run.id, ['dispatching'], patch, this.deliveryFor({ ...run, ...patch })));
   }
 
   async succeed(run: RunRecord, output: StoredOutput): Promise<RunRecord | null> {
@@ -93,12 +94,17 @@ export class RunLifecycle {
   private async finish(run: RunRecord, from: RunStatus[], patch: RunPatch & { status: RunStatus }): Promise<RunRecord | null> {
     const full: RunPatch & { status: RunStatus } = { ...patch, completed_at: Date.now() };
     if (patch.attempts === undefined && 'attempts' in run) full.attempts = run.attempts;
-    let delivery: NewDelivery | undefined;
-    if (run.callback_url && this.opts.callbackBody) {
-      const { event, body } = this.opts.callbackBody({ ...run, ...full } as RunRecord);
-      delivery = { run_id: run.id, url: run.callback_url, event, body };
-    }
-    return this.record(run.id, from, full, delivery);
+    return this.record(run.id, from, full, this.deliveryFor({ ...run, ...full } as RunRecord));
+  }
+
+  /** The callback the run's entry into its new status sends, if any: by default only terminal statuses send one. */
+  private deliveryFor(next: RunRecord): NewDelivery | undefined {
+    if (!next.callback_url || !this.opts.callbackBody) return undefined;
+    const on = next.callback?.on;
+    if (on ? !on.includes(next.status) : !isTerminal(next.status)) return undefined;
+    const { event, body } = this.opts.callbackBody(next);
+    const signing = next.callback?.signing ? JSON.stringify(next.callback.signing) : null;
+    return { run_id: next.id, url: next.callback_url, event, body, signing };
   }
 
   /** A transition that, if storage refuses it, is held and retried until recorded (and still throws now). */

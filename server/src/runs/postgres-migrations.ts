@@ -93,4 +93,7 @@ export const MIGRATIONS: string[] = [
   // attempt records the Runflow-Request-Id it was sent with.
   `ALTER TABLE idempotency_keys ADD COLUMN fingerprint TEXT;
    ALTER TABLE deliveries ADD COLUMN request_id TEXT;`,
+  // A run's own callback contract (surfaces other than Runflow's), and how each delivery is signed.
+  `ALTER TABLE runs ADD COLUMN callback JSONB;
+   ALTER TABLE deliveries ADD COLUMN signing TEXT;`,
 ];

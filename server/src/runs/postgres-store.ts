@@ -7,7 +7,7 @@ import type { Delivery, DeliveryStore, ListQuery, NewDelivery, RunStore } from '
 import { RUN_STATUSES, type RunPatch, type RunRecord, type RunStatus } from './types.ts';
 import { asStorageWriteError, StorageWriteError, type WriteFailureListener } from '../storage/write-failure.ts';
 
-const JSON_COLUMNS = new Set(['input', 'output', 'metadata']);
+const JSON_COLUMNS = new Set(['input', 'output', 'metadata', 'callback']);
 const PATCHABLE = [
   'status', 'output', 'metadata', 'client_ref', 'callback_url', 'started_at', 'completed_at',
   'failure_code', 'failure_message', 'failure_stage_code', 'attempts',
@@ -15,6 +15,7 @@ const PATCHABLE = [
 const COLUMNS = [
   'id', 'status', 'model_id', 'input', 'output', 'metadata', 'client_ref', 'callback_url', 'created_at',
   'started_at', 'completed_at', 'failure_code', 'failure_message', 'failure_stage_code', 'attempts', 'output_token',
+  'callback',
 ];
 /** A delivery a replica picked stays invisible to the others for this long (its attempt has a timeout far below). */
 const DELIVERY_CLAIM_MS = 60_000;
@@ -185,8 +186,8 @@ export class PostgresStore implements RunStore, DeliveryStore {
       await c.query('BEGIN');
       const { rows } = await c.query(sql, params);
       if (rows[0]) {
-        await c.query('INSERT INTO deliveries (run_id, url, event, body, next_attempt_at) VALUES ($1, $2, $3, $4, $5)', [
-          delivery.run_id, delivery.url, delivery.event, delivery.body, Date.now(),
+        await c.query('INSERT INTO deliveries (run_id, url, event, body, signing, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6)', [
+          delivery.run_id, delivery.url, delivery.event, delivery.body, delivery.signing ?? null, Date.now(),
         ]);
       }
       await c.query('COMMIT');

@@ -38,9 +38,12 @@ const MIGRATIONS: string[] = [
    CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);`,
   // Each callback attempt's Runflow-Request-Id.
   `ALTER TABLE deliveries ADD COLUMN request_id TEXT;`,
+  // A run's own callback contract (surfaces other than Runflow's), and how each delivery is signed.
+  `ALTER TABLE runs ADD COLUMN callback TEXT;
+   ALTER TABLE deliveries ADD COLUMN signing TEXT;`,
 ];
 
-const JSON_COLUMNS = new Set(['input', 'output', 'metadata']);
+const JSON_COLUMNS = new Set(['input', 'output', 'metadata', 'callback']);
 const PATCHABLE = [
   'status', 'output', 'metadata', 'client_ref', 'callback_url', 'started_at', 'completed_at',
   'failure_code', 'failure_message', 'failure_stage_code', 'attempts',
@@ -93,6 +96,7 @@ export class SqliteStore implements RunStore, DeliveryStore {
     const cols = [
       'id', 'status', 'model_id', 'input', 'output', 'metadata', 'client_ref', 'callback_url', 'created_at',
       'started_at', 'completed_at', 'failure_code', 'failure_message', 'failure_stage_code', 'attempts', 'output_token',
+      'callback',
     ];
     return {
       cols,
@@ -106,7 +110,7 @@ export class SqliteStore implements RunStore, DeliveryStore {
       inFlight: this.db.prepare(`SELECT * FROM runs WHERE status IN ('dispatching','running') ORDER BY id`),
       counts: this.db.prepare('SELECT status, COUNT(*) AS n FROM runs GROUP BY status'),
       addDelivery: this.db.prepare(
-        `INSERT INTO deliveries (run_id, url, event, body, next_attempt_at) VALUES (@run_id, @url, @event, @body, @now)`,
+        `INSERT INTO deliveries (run_id, url, event, body, signing, next_attempt_at) VALUES (@run_id, @url, @event, @body, @signing, @now)`,
       ),
       due: this.db.prepare(
         `SELECT * FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`,
@@ -178,7 +182,7 @@ export class SqliteStore implements RunStore, DeliveryStore {
     const run = this.write(`run status (${patch.status})`, () =>
       this.db.transaction(() => {
         const row = this.transitionStatement(sql).get(params) as Row | undefined;
-        if (row && delivery) this.stmts.addDelivery.run({ ...delivery, now: Date.now() });
+        if (row && delivery) this.stmts.addDelivery.run({ ...delivery, signing: delivery.signing ?? null, now: Date.now() });
         return row;
       })(),
     );

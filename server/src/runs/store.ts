@@ -16,6 +16,8 @@ export interface NewDelivery {
   url: string;
   event: string;
   body: string;
+  /** JSON of the run's DeliverySigning; null/absent: the server's HMAC. */
+  signing?: string | null;
 }
 
 export interface Delivery extends NewDelivery {

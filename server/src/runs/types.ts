@@ -62,6 +62,29 @@ export interface RunRecord {
   output_token: string;
   /** Where admission sent the run: a cluster region, or absent/null for the local engine (and parked runs). */
   region?: string | null;
+  /** How callbacks to callback_url are shaped, signed and when they go; absent/null: the default. */
+  callback?: CallbackSpec | null;
 }
+
+/**
+ * A run's callback contract, for surfaces whose protocol differs from the default (terminal statuses only,
+ * the default body, the server's HMAC). Stored with the run, so every delivery, retry and restart agrees.
+ */
+export interface CallbackSpec {
+  /** Names the body renderer the role registered for the surface that made the run. */
+  format: string;
+  /** Statuses whose entry sends a callback (default: the terminal ones). */
+  on?: RunStatus[];
+  signing?: DeliverySigning;
+}
+
+/** How a delivery is signed: a scheme the deliverer knows, and the caller's own secret where the scheme takes one. */
+export interface DeliverySigning {
+  scheme: 'hmac-server' | 'standard-webhooks' | 'hmac-caller';
+  secret?: string;
+  /** hmac-caller: the header the signature goes in. */
+  header?: string;
+}
+
 
 export type RunPatch = Partial<Omit<RunRecord, 'id' | 'model_id' | 'input' | 'created_at' | 'output_token'>>;

@@ -21,3 +21,44 @@ export const OpenAiParamsSchema = z.strictObject({
   style: z.string().optional(),
 });
 export type OpenAiParams = z.infer<typeof OpenAiParamsSchema>;
+
+/** The JSON Schema of the request fields, for the OpenAPI document (the routes parse the bodies themselves). */
+export const openAiParamsJsonSchema = (): Record<string, any> => {
+  const { $schema: _, ...schema } = z.toJSONSchema(OpenAiParamsSchema, { io: 'input', unrepresentable: 'any' }) as Record<string, any>;
+  return schema;
+};
+
+export const ImagesResponseSchema = z
+  .object({
+    created: z.int().describe('Unix seconds when the run was created'),
+    data: z.array(z.object({ b64_json: z.string().optional(), url: z.string().optional() })),
+    output_format: z.string().optional(),
+    size: z.string().optional().describe('WxH of the outputs'),
+    seed: z.number().optional(),
+    timings: z.record(z.string(), z.number()).optional().describe("The run's stage timings in ms"),
+  })
+  .meta({ id: 'ImagesResponse' });
+
+export const ModelSchema = z
+  .object({ id: z.string(), object: z.literal('model'), created: z.int(), owned_by: z.string() })
+  .meta({ id: 'Model' });
+
+export const ModelListSchema = z.object({ object: z.literal('list'), data: z.array(ModelSchema) }).meta({ id: 'ModelList' });
+
+export const ModelParamsSchema = z.object({ model: z.string().max(200) });
+
+/** OpenAI's error object, sent next to the contract's {code, message, errors} so both kinds of client read it. */
+export const OPENAI_ERROR_JSON_SCHEMA = {
+  type: 'object',
+  required: ['code', 'message', 'errors', 'error'],
+  properties: {
+    code: { type: 'string' },
+    message: { type: 'string' },
+    errors: { type: 'array', items: { type: 'object', properties: { field: { type: 'string' }, reason: { type: 'string' } } } },
+    error: {
+      type: 'object',
+      required: ['message', 'type', 'param', 'code'],
+      properties: { message: { type: 'string' }, type: { type: 'string' }, param: { type: ['string', 'null'] }, code: { type: ['string', 'null'] } },
+    },
+  },
+};

@@ -1,0 +1,83 @@
+// fal's wire schemas for FLUX.2 [klein] 4B (fal-ai/flux-2/klein/4b/edit and fal-ai/flux-2/klein/4b), built from
+// the shared bounds. Strict: a field fal does not document here is a 422 naming it.
+import { z } from 'zod';
+import { INPUT_LIMITS, inputFields } from '../../runs/limits.ts';
+import { IMAGE_SIZE_PRESETS, type ImageSizePreset } from '../../runs/sizes.ts';
+
+const PRESETS = Object.keys(IMAGE_SIZE_PRESETS) as [ImageSizePreset, ...ImageSizePreset[]];
+
+export const FalImageSizeSchema = z.union([
+  z.enum(PRESETS),
+  z.strictObject({ width: inputFields.side(), height: inputFields.side() }),
+]);
+
+const common = {
+  prompt: inputFields.prompt(),
+  image_size: FalImageSizeSchema.optional().describe('preset (square_hd, landscape_16_9, ...) or {width, height}'),
+  num_inference_steps: inputFields.steps().optional().describe(`default ${INPUT_LIMITS.defaultSteps}`),
+  num_images: inputFields.outputs().optional().describe('outputs of this one request, batched by the engine'),
+  seed: inputFields.seed().optional(),
+  output_format: inputFields.outputFormat().optional().describe('default png'),
+  enable_safety_checker: z.boolean().optional().describe("recorded; whether outputs are checked is the operator's engine setting"),
+  sync_mode: z.boolean().optional().describe('outputs as data URIs; on the synchronous route nothing is kept once answered'),
+};
+
+export const FalEditInputSchema = z
+  .strictObject({
+    ...common,
+    image_urls: z
+      .array(z.string().describe('http(s) URL or data: URI'))
+      .min(1, 'needs at least 1 image')
+      .max(INPUT_LIMITS.maxImages, `takes at most ${INPUT_LIMITS.maxImages} images`),
+  })
+  .meta({ id: 'FalEditInput' });
+export const FalTextToImageInputSchema = z.strictObject(common).meta({ id: 'FalTextToImageInput' });
+export type FalInput = z.infer<typeof FalEditInputSchema> | z.infer<typeof FalTextToImageInputSchema>;
+
+export const FalSubmitQuerySchema = z.object({
+  fal_webhook: z.url({ protocol: /^https?$/ }).max(2048).optional().describe('POSTed the result when the request ends'),
+});
+
+export const FalQueueStatusSchema = z.enum(['IN_QUEUE', 'IN_PROGRESS', 'COMPLETED']);
+
+export const FalSubmittedSchema = z
+  .object({
+    status: FalQueueStatusSchema,
+    request_id: z.string(),
+    response_url: z.string(),
+    status_url: z.string(),
+    cancel_url: z.string(),
+    queue_position: z.int(),
+  })
+  .meta({ id: 'FalSubmitted' });
+
+const LogSchema = z.object({ message: z.string(), level: z.string(), source: z.string(), timestamp: z.string() });
+
+export const FalStatusSchema = z
+  .object({
+    status: FalQueueStatusSchema,
+    request_id: z.string(),
+    queue_position: z.int().optional(),
+    response_url: z.string(),
+    status_url: z.string(),
+    cancel_url: z.string(),
+    logs: z.array(LogSchema).nullable(),
+    metrics: z.record(z.string(), z.number()).optional(),
+  })
+  .meta({ id: 'FalStatus' });
+
+export const FalStatusQuerySchema = z.object({
+  logs: z.enum(['0', '1', 'true', 'false']).optional().describe('1: include the run log lines'),
+});
+
+export const FalResultSchema = z
+  .object({
+    images: z.array(z.object({ url: z.string(), content_type: z.string(), width: z.int(), height: z.int() })),
+    seed: z.number(),
+    timings: z.record(z.string(), z.number()),
+    has_nsfw_concepts: z.array(z.boolean()),
+    prompt: z.string(),
+  })
+  .meta({ id: 'FalResult' });
+
+export const FalRequestParamsSchema = z.object({ id: z.string().min(1).max(64) });

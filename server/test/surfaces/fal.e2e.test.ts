@@ -1,0 +1,133 @@
+// fal's API against the REAL server + tiny engine, driven by the official `@fal-ai/client` configured only with
+// proxyUrl (fal's proxy protocol at /fal/proxy): subscribe, queue submit/status/result/cancel, the synchronous
+// run, a fal_webhook round trip, fal-shaped errors, and the same runs read and canceled through Runflow's routes.
+import { createHmac } from 'node:crypto';
+import { createFalClient, ApiError, ValidationError } from '@fal-ai/client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { callbackReceiver } from '../helpers/receivers.ts';
+import { dataUri, testImage } from '../helpers/images.ts';
+import { startServer, waitFor, type ServerHandle } from '../helpers/server.ts';
+
+const KEY = 'ks_test_fal';
+const SECRET = 'fal-callback-secret';
+const EDIT = 'fal-ai/flux-2/klein/4b/edit';
+let server: ServerHandle;
+let fal: ReturnType<typeof createFalClient>;
+let image: string;
+
+beforeAll(async () => {
+  server = await startServer({
+    apiKeys: [KEY],
+    env: { KLEINSERVE_FETCH_ALLOWLIST: '127.0.0.1', KLEINSERVE_CALLBACK_SECRET: SECRET, KLEINSERVE_CALLBACK_BASE_DELAY_MS: '50' },
+  });
+  fal = createFalClient({ credentials: KEY, proxyUrl: { url: `${server.url}/fal/proxy`, when: 'always' } });
+  image = dataUri(await testImage(96, 64));
+}, 180_000);
+afterAll(async () => server?.dispose());
+
+const runflow = (path: string, init: RequestInit = {}) =>
+  fetch(`${server.url}${path}`, { ...init, headers: { authorization: `Bearer ${KEY}`, ...(init.headers ?? {}) } });
+
+describe('fal through the official client and the proxy protocol', () => {
+  it('fal.subscribe runs an edit and its image follows the input size', async () => {
+    const updates: string[] = [];
+    const result = await fal.subscribe(EDIT, {
+      input: { prompt: 'make it blue', image_urls: [image], num_inference_steps: 1, seed: 7, output_format: 'jpeg' },
+      logs: true,
+      pollInterval: 100,
+      onQueueUpdate: (u) => updates.push(u.status),
+    });
+    expect(updates.at(-1)).toBe('COMPLETED');
+    expect(result.requestId).toMatch(/^[0-9a-f-]{36}$/);
+    const data = result.data as any;
+    expect(data).toMatchObject({ seed: 7, prompt: 'make it blue', has_nsfw_concepts: [false] });
+    expect(data.images[0]).toMatchObject({ content_type: 'image/jpeg', width: 96, height: 64 });
+    const img = await fetch(data.images[0].url);
+    expect(img.status).toBe(200);
+    expect(img.headers.get('content-type')).toBe('image/jpeg');
+    // The same run, read through Runflow's route.
+    const run = await (await runflow(`/v1/runs/${result.requestId}`)).json();
+    expect(run).toMatchObject({ id: result.requestId, status_code: 'succeeded', model_id: 'black-forest-labs/flux-2-klein-4b/edit' });
+  });
+
+  it('queue.submit / status / result, with logs, and Runflow SSE on the same run', async () => {
+    const { request_id } = await fal.queue.submit(EDIT, { input: { prompt: 'queue it', image_urls: [image], num_inference_steps: 1, num_images: 2 } });
+    const sse = await runflow(`/v1/runs/${request_id}/events`);
+    expect(sse.headers.get('content-type')).toContain('text/event-stream');
+    const text = await sse.text();
+    expect(text).toContain('event: run');
+    const status = await fal.queue.status(EDIT, { requestId: request_id, logs: true });
+    expect(status.status).toBe('COMPLETED');
+    expect((status as any).logs.map((l: any) => l.message).join('\n')).toMatch(/inference started/);
+    const { data, requestId } = await fal.queue.result(EDIT, { requestId: request_id });
+    expect(requestId).toBe(request_id);
+    expect((data as any).images).toHaveLength(2);
+  });
+
+  it('queue.cancel cancels, and Runflow cancel works on a fal-created request', async () => {
+    const a = await fal.queue.submit(EDIT, { input: { prompt: 'cancel me', image_urls: [image], num_inference_steps: 50 } });
+    await fal.queue.cancel(EDIT, { requestId: a.request_id });
+    expect((await (await runflow(`/v1/runs/${a.request_id}`)).json()).status_code).toBe('canceled');
+    expect((await fal.queue.status(EDIT, { requestId: a.request_id })).status).toBe('COMPLETED');
+    const err = await fal.queue.result(EDIT, { requestId: a.request_id }).catch((e) => e);
+    expect(err).toBeInstanceOf(ApiError);
+    expect(err.body.detail).toMatch(/cancelled/);
+
+    const b = await fal.queue.submit(EDIT, { input: { prompt: 'cancel me too', image_urls: [image], num_inference_steps: 50 } });
+    expect((await runflow(`/v1/runs/${b.request_id}/cancel`, { method: 'POST' })).status).toBe(201);
+    const again = await fal.queue.cancel(EDIT, { requestId: b.request_id }).catch((e) => e);
+    expect(again.status).toBe(400);
+    expect(again.body.status).toBe('ALREADY_COMPLETED');
+  });
+
+  it('fal_webhook: the result is POSTed, signed, through the retrying outbox', async () => {
+    const receiver = await callbackReceiver(1);
+    try {
+      const { request_id } = await fal.queue.submit(EDIT, {
+        input: { prompt: 'hook', image_urls: [image], num_inference_steps: 1 },
+        webhookUrl: receiver.url('/fal'),
+      });
+      await waitFor(() => receiver.received.some((r) => r.status === 200), 60_000, 'fal webhook');
+      const ok = receiver.received.find((r) => r.status === 200)!;
+      expect(receiver.received[0].status).toBe(500);
+      expect(ok.body).toMatchObject({ request_id, gateway_request_id: request_id, status: 'OK' });
+      expect(ok.body.payload.images[0].width).toBe(96);
+      expect(ok.headers['runflow-signature']).toBe(createHmac('sha256', SECRET).update(ok.raw).digest('hex'));
+    } finally {
+      await receiver.close();
+    }
+  });
+
+  it('the synchronous route: fal.run answers the result; sync_mode answers data URIs and keeps nothing', async () => {
+    const { data, requestId } = await fal.run('fal-ai/flux-2/klein/4b', {
+      input: { prompt: 'a red square', image_size: { width: 64, height: 64 }, num_inference_steps: 1 },
+    });
+    expect((data as any).images[0]).toMatchObject({ width: 64, height: 64, content_type: 'image/png' });
+    expect((await runflow(`/v1/runs/${requestId}`)).status).toBe(200);
+
+    const inline = await fal.run(EDIT, { input: { prompt: 'inline', image_urls: [image], num_inference_steps: 1, sync_mode: true } });
+    expect((inline.data as any).images[0].url).toMatch(/^data:image\/png;base64,/);
+    await waitFor(async () => (await runflow(`/v1/runs/${inline.requestId}`)).status === 404, 10_000, 'sync_mode run erased');
+  });
+
+  it('errors take fal\'s shape, naming the field and the reason', async () => {
+    const bad = await fal.queue.submit(EDIT, { input: { prompt: 'x', image_urls: ['not an image'], num_inference_steps: 1 } }).catch((e) => e);
+    expect(bad).toBeInstanceOf(ValidationError);
+    expect(bad.status).toBe(422);
+    expect(bad.fieldErrors[0].loc).toEqual(['body', 'image_urls', 0]);
+    expect(bad.fieldErrors[0].msg).toBeTruthy();
+
+    const unknown = await fal.queue.submit(EDIT, { input: { prompt: 'x', image_urls: [image], strength: 0.5 } as any }).catch((e) => e);
+    expect(unknown.status).toBe(422);
+    expect(JSON.stringify(unknown.body.detail)).toContain('strength');
+
+    const anon = createFalClient({ credentials: 'wrong_key', proxyUrl: { url: `${server.url}/fal/proxy`, when: 'always' } });
+    const unauth = await anon.queue.status(EDIT, { requestId: '00000000-0000-0000-0000-000000000000' }).catch((e) => e);
+    expect(unauth.status).toBe(401);
+    expect(unauth.body.detail).toMatch(/API key/);
+
+    const target = await fetch(`${server.url}/fal/proxy`, { method: 'POST', headers: { authorization: `Key ${KEY}`, 'x-fal-target-url': 'https://evil.example/x' } });
+    expect(target.status).toBe(400);
+    expect((await target.json()).errors[0].field).toBe('header.x-fal-target-url');
+  });
+});
