@@ -23,8 +23,6 @@ from .guidance import GuidancePlan, uses_cfg
 from .loading import LoadedModel
 from .lora.rows import RowLora
 from .lora.store import AdapterStore, LoraOptions
-from .lora.rows import RowLora
-from .lora.store import AdapterStore, LoraOptions
 from .metrics import Metrics
 from .preprocess import Reference, to_tensor
 from .sampling import euler, sigmas, timestep
@@ -52,7 +50,6 @@ class Job:
     canceled: bool = False
     enqueued_at: float = field(default_factory=time.perf_counter)
     context: object = None  # the server's handle for answering this job
-    loras: list = field(default_factory=list)  # [(lora.adapter.Adapter, scale)]: any mix shares a batch
     loras: list = field(default_factory=list)  # [(lora.adapter.Adapter, scale)]: any mix shares a batch
     # runs alone (batcher.py) and encodes its prompt alone, uncached: its bytes do not depend on its neighbours
     deterministic: bool = False
@@ -88,7 +85,6 @@ class EngineOptions:
     # Test hook: a prompt that makes the denoise stage raise torch.OutOfMemoryError, to prove isolation.
     oom_prompt: str | None = None
     lora: LoraOptions | None = None
-    lora: LoraOptions | None = None
     safety: object = None  # safety.SafetyChecker run on every output image, or None
     deterministic: bool = False  # engine-wide: torch's deterministic algorithms (the server also batches nothing)
 
@@ -108,12 +104,11 @@ class Engine:
         fp = self.options.fastpath or FastPathOptions.for_device(model.device.type)
         self.fastpath = fp
         self.denoiser: Denoiser = prepare(model, fp)
-        self.adapters = AdapterStore(model.transformer, model.dtype, model.device, self.options.lora, self.metrics.registry)
-        self.lora = RowLora(model.transformer, self.adapters, rank_multiple=16 if fp.compile else 1, compiled=self.denoiser.compiled)
         if self.options.deterministic:
             make_deterministic()
         self.adapters = AdapterStore(model.transformer, model.dtype, model.device, self.options.lora, self.metrics.registry)
-        self.lora = RowLora(model.transformer, self.adapters, rank_multiple=16 if fp.compile else 1)
+        self.lora = RowLora(model.transformer, self.adapters, rank_multiple=16 if fp.compile else 1,
+                            compiled=self.denoiser.compiled)
 
     # -- stages ---------------------------------------------------------------------------------------------
     def _cached(self, cache: ByteLRU, key):
@@ -233,7 +228,6 @@ class Engine:
                 raise torch.OutOfMemoryError("simulated out-of-memory (test hook)")
 
             with self.lora.active([jobs[k].loras for k, _ in rows]):
-                with self.lora.active([jobs[k].loras for k, _ in rows]):
                 x, rows, text, refs, denoise_end = self._denoise(jobs, rows, x, text, refs, img_ids, txt_ids, sig, n_noisy, t_vae, guidance)
             for k in {k for k, _ in rows} ^ set(live):
                 results[k] = Canceled("canceled while running")
@@ -306,11 +300,9 @@ class Engine:
                         break
                     x, text = x.index_select(0, idx), text.index_select(0, idx)
                     self.lora.keep(idx)
-                    self.lora.keep(idx)
                     guidance = guidance.select(keep)
                     refs = refs.index_select(0, idx) if refs is not None else None
                 hidden = x if refs is None else torch.cat([x, refs], dim=1)
-                self.lora.map_rows(guidance.denoiser_rows(x.shape[0]))
                 self.lora.map_rows(guidance.denoiser_rows(x.shape[0]))
                 v = guidance.velocity(self.denoiser, hidden.to(self.model.dtype), text, timestep(sig[i], x.shape[0], x.dtype),
                                       img_ids, txt_ids, n_noisy)
