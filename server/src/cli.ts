@@ -38,7 +38,18 @@ function roleOptions(cmd: Command, opts: { engine: boolean }): Command {
       .choices(['auto', 'yes', 'no']).env('KLEINSERVE_METRICS_REQUIRE_KEY').default('auto'))
     .addOption(engineOnly(new Option('--concurrency <n>', 'runs handed to the engine at once (its batcher groups them)').env('KLEINSERVE_CONCURRENCY').default('4')))
     .addOption(engineOnly(new Option('--python <path>', 'Python 3.11+ with the kleinserve-engine package installed')
-      .env('KLEINSERVE_PYTHON').default(undefined, "the checkout's .venv/bin/python, else python3 on PATH")));
+      .env('KLEINSERVE_PYTHON').default(undefined, "the checkout's .venv/bin/python, else python3 on PATH")))
+    .addOption(engineOnly(new Option('--lora-dir <dir>', 'directory of LoRA .safetensors files that requests may name by file name')
+      .env('KLEINSERVE_LORA_DIR').default(undefined, 'none: only Hugging Face ids and URLs')))
+    .addOption(engineOnly(new Option('--lora-cache-mb <n>', 'disk bound of downloaded LoRAs, least recently used evicted first').env('KLEINSERVE_LORA_CACHE_MB').default('4096')))
+    .addOption(engineOnly(new Option('--lora-max-mb <n>', 'largest LoRA file accepted').env('KLEINSERVE_LORA_MAX_MB').default('1024')))
+    .addOption(engineOnly(new Option('--safety-checker <dir|repo>', 'image classifier run on every output (transformers AutoModelForImageClassification)')
+      .env('KLEINSERVE_SAFETY_CHECKER').default(undefined, 'none: nsfw_detected is always false')))
+    .addOption(engineOnly(new Option('--safety-policy <policy>', 'what a flagged output gets: reported, blurred, or the run fails NSFW_CONTENT')
+      .choices(['flag', 'blur', 'fail']).env('KLEINSERVE_SAFETY_POLICY').default('flag')))
+    .addOption(engineOnly(new Option('--safety-threshold <p>', 'unsafe-label probability at which an output is flagged').env('KLEINSERVE_SAFETY_THRESHOLD').default('0.5')))
+    .addOption(engineOnly(new Option('--allow-safety-opt-out', 'let requests turn the checker off (enable_safety_checker: false)')
+      .env('KLEINSERVE_ALLOW_SAFETY_OPT_OUT').default(false)));
 }
 
 function clusterOptions(cmd: Command): Command {

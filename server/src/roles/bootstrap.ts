@@ -1,6 +1,7 @@
 // What every role (`serve`, `api`, `worker`) sets up the same way: the data dir, logging, API keys, the
 // public base URL, callback bodies and delivery, and graceful shutdown on signals. Roles differ only in
 // the backends they plug in (run store, object store, admission, engine).
+import type { AdapterResolver } from '../adapters/resolver.ts';
 import fs from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
@@ -132,6 +133,8 @@ export interface ApiParts {
   policy: PolicyBackends;
   keys: KeyRing;
   metrics: Metrics;
+  /** Where the engine runs on this machine: LoRAs are resolved at submit time. */
+  adapters?: AdapterResolver;
 }
 
 /** The run service and the HTTP app over it, for the roles that serve the API (`serve`, `api`). */
@@ -149,6 +152,8 @@ export async function buildApiServer(cfg: Config, base: RoleBase, parts: ApiPart
       maxInputPixels: cfg.maxInputPixels,
       checkCallbacks: true,
       references,
+      facts: () => engine.status(),
+      adapters: parts.adapters,
     },
     assets,
     references,

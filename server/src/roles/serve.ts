@@ -2,6 +2,7 @@
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config.ts';
+import { adapterResolverFor } from '../adapters/resolver.ts';
 import { LocalAdmission } from '../dispatch/local-admission.ts';
 import { LocalDispatcher } from '../dispatch/local-dispatcher.ts';
 import type { Engine } from '../engine/engine.ts';
@@ -39,6 +40,9 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
 
   const engine = opts.engine ?? localEngine(cfg, logger.child({ part: 'engine' }));
   const metrics = new Metrics(store, engine, bus);
+  const fetch = { allowlist: base.allowlist, timeoutMs: cfg.fetchTimeoutMs, maxBytes: cfg.fetchMaxBytes, maxRedirects: cfg.fetchMaxRedirects };
+  // The engine reads adapters from this machine's disk: intake resolves them (422s) and dispatch hands them over.
+  const adapters = adapterResolverFor(cfg, fetch, () => engine.limits.max_lora_rank ?? null, metrics.registry);
   const dispatcher = new LocalDispatcher({
     lifecycle,
     engine,
@@ -50,7 +54,8 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
       objects,
       limits: () => engine.limits,
       maxInputPixels: cfg.maxInputPixels,
-      fetch: { allowlist: base.allowlist, timeoutMs: cfg.fetchTimeoutMs, maxBytes: cfg.fetchMaxBytes, maxRedirects: cfg.fetchMaxRedirects },
+      fetch,
+      adapters,
     },
   });
 
@@ -63,6 +68,7 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
     policy,
     keys: ring,
     metrics,
+    adapters,
   });
 
   const start = async () => {

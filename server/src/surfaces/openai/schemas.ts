@@ -1,6 +1,16 @@
 // OpenAI's image request fields as its SDK sends them (multipart fields arrive as strings, hence coerce).
 import { z } from 'zod';
-import { INPUT_LIMITS } from '../../runs/limits.ts';
+import { INPUT_LIMITS, inputFields } from '../../runs/limits.ts';
+
+/** Multipart fields arrive as text: a JSON array there, an array in a JSON body. */
+const jsonText = (v: unknown) => {
+  if (typeof v !== 'string') return v;
+  try {
+    return JSON.parse(v);
+  } catch {
+    return v;
+  }
+};
 
 export const OpenAiParamsSchema = z.strictObject({
   prompt: z.string().trim().min(1, 'must not be empty').max(INPUT_LIMITS.maxPromptChars),
@@ -14,6 +24,10 @@ export const OpenAiParamsSchema = z.strictObject({
   output_compression: z.coerce.number().int().min(1).max(100).optional(),
   seed: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
   num_inference_steps: z.coerce.number().int().min(1).max(INPUT_LIMITS.maxSteps).optional(),
+  guidance_scale: z.coerce.number().min(INPUT_LIMITS.minGuidance).max(INPUT_LIMITS.maxGuidance).optional()
+    .describe('base checkpoints only; a distilled checkpoint refuses anything but 1 (422)'),
+  negative_prompt: inputFields.negativePrompt().optional().describe('base checkpoints with guidance_scale above 1'),
+  loras: z.preprocess(jsonText, inputFields.loras()).optional().describe('[{path, scale}] (in multipart: that array as JSON text)'),
   // Sent by the openai SDK and by habit; accepted and not used (there is one model here).
   model: z.string().optional(),
   user: z.string().optional(),
