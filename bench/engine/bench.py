@@ -1,14 +1,18 @@
-"""GPU benchmark of the kleinserve engine against diffusers' Flux2KleinPipeline (issue 2 item 8, issue 4 item 5).
+"""GPU benchmark of the kleinserve engine against diffusers' Flux2KleinPipeline.
 
 Builds full-size FLUX.2 [klein] 4B components with random bf16 weights from the real configs (no download:
 speed does not depend on weight values), runs the cases below through both engines in one process, and writes
-JSON and a markdown table into bench/results/.
+JSON and a markdown table into --out AFTER EVERY CASE, so a run killed at its time limit keeps what it measured.
 
   (a) 1024^2 edit, 1 reference, 4 steps      (b) 1024^2 edit, 4 references
   (c) 1024^2 text-to-image                   (d) 512^2 edit, 8 concurrent requests: batched vs unbatched
 
-`--device cpu --tiny` is a smoke mode on the tiny model (small sizes, 2 runs) that the CPU test suite runs,
-so this script is known to work before a GPU session spends time on it.
+Extras: --ablation (what each fast-path piece buys on (a), compile time included), --batch-sweep (per-image time
+by batch size at 512^2 and 1024^2: the data behind the batching rule), --deterministic-cost ((d) with every
+request deterministic), --profile (top kernels of one (a) run), --precision bf16,fp8 with --fp8-error.
+
+`--device cpu --tiny` is a smoke mode on the tiny model (small sizes) that the CPU test suite runs, so this
+script is known to work before a GPU session spends time on it. bench/engine/gpu-run.sh runs it in stages.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import argparse
 import copy
 import datetime as dt
 import json
+import os
 import platform
-import statistics
+import re
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "engine"))
 
 from kleinserve_engine import tiny  # noqa: E402
-from kleinserve_engine.fastpath import FastPathOptions  # noqa: E402
+from kleinserve_engine.fastpath import FastPathOptions, compiled_graphs, make_deterministic  # noqa: E402
 from kleinserve_engine.loading import LoadedModel  # noqa: E402
 from kleinserve_engine.pipeline import Engine, EngineOptions, Job  # noqa: E402
 from kleinserve_engine.preprocess import Reference  # noqa: E402
@@ -61,7 +67,11 @@ TINY_CASES = {  # smoke mode: same code paths, CPU-sized shapes
     "c": dict(size=64, refs=0, concurrent=1),
     "d": dict(size=64, refs=1, concurrent=8),
 }
+# (size, batch sizes) measured by --batch-sweep; the tiny mode shrinks the sizes
+FULL_SWEEP = [(512, (1, 2, 4, 8)), (1024, (1, 2))]
+TINY_SWEEP = [(64, (1, 2)), (128, (1, 2))]
 DESCRIPTIONS = {"a": "edit, 1 reference", "b": "edit, 4 references", "c": "text-to-image", "d": "edit, 8 concurrent requests"}
+STAGE_KEYS = ("text_encode_ms", "vae_encode_ms", "denoise_ms", "decode_ms", "image_encode_ms")
 
 
 def build_components(device, dtype, tiny_model: bool):
@@ -150,7 +160,8 @@ def references(n, size):
     return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def time_engine(engine: Engine, case, runs, warmup, device, batched=True):
+def time_engine(engine: Engine, case, runs, warmup, device, batched=True, deterministic=False):
+    """p50/p90 of one batch of `concurrent` requests; first_call_s is the first run alone (compile included)."""
     refs = references(case["refs"], case["size"])
     counter = [0]
 
@@ -159,15 +170,15 @@ def time_engine(engine: Engine, case, runs, warmup, device, batched=True):
         # distinct references per run: the ref-latent cache must not hide VAE encode time
         rs = [Reference(img, f"bench-{counter[0]}-{i}") for i, img in enumerate(refs)]
         return [Job(prompt=f"make it a watercolor {counter[0]}-{k}", refs=rs, seeds=[k], width=case["size"], height=case["size"],
-                    steps=4, output_format="jpeg", output_quality=90) for k in range(case["concurrent"])]
+                    steps=4, output_format="jpeg", output_quality=90, deterministic=deterministic) for k in range(case["concurrent"])]
 
     def once():
         js = jobs()
         sync(device)
         t0 = time.perf_counter()
-        if batched:
+        if batched and not deterministic:
             res = engine.run_batch(js)
-        else:
+        else:  # deterministic requests always run alone (batcher.py)
             res = [engine.run_batch([j])[0] for j in js]
         sync(device)
         for r in res:
@@ -175,8 +186,11 @@ def time_engine(engine: Engine, case, runs, warmup, device, batched=True):
                 raise r
         return time.perf_counter() - t0, res
 
-    for _ in range(warmup):
+    graphs0 = compiled_graphs()
+    first, _ = once()
+    for _ in range(max(0, warmup - 1)):
         once()
+    graphs_warm = compiled_graphs()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     totals, stages = [], {}
@@ -185,7 +199,8 @@ def time_engine(engine: Engine, case, runs, warmup, device, batched=True):
         totals.append(t)
         for key, v in res[0].timings.items():
             stages.setdefault(key, []).append(v)
-    out = {"p50_s": percentile(totals, 50), "p90_s": percentile(totals, 90), "runs": runs,
+    out = {"p50_s": percentile(totals, 50), "p90_s": percentile(totals, 90), "runs": runs, "first_call_s": first,
+           "graphs_compiled_warming": graphs_warm - graphs0, "graphs_compiled_timed": compiled_graphs() - graphs_warm,
            "stage_p50_ms": {k: percentile(v, 50) for k, v in stages.items()}}
     if device.type == "cuda":
         out["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -248,24 +263,25 @@ def fp8_relative_error(transformer, engine_bf16: Engine, size, device):
     return errs
 
 
-def ablation(model, case, args, device):
-    """What each fast-path piece buys on case (a). Ordered so in-place changes (VAE channels_last) only accumulate."""
-    steps = [
-        ("eager (no fast path)", dict(compile=False, channels_last=False, sdpa_priority=False)),
-        ("+ SDPA backend priority", dict(compile=False, channels_last=False, sdpa_priority=True)),
-        ("+ VAE channels_last", dict(compile=False, channels_last=True, sdpa_priority=True)),
-        ("+ torch.compile (inductor)", dict(compile=True, compile_backend=args.compile_backend, channels_last=True, sdpa_priority=True)),
-    ]
-    out = []
-    for name, kw in steps:
-        if kw["compile"] and device.type != "cuda" and args.compile is not True:
-            continue  # inductor on CPU costs minutes; ask for it with --compile
-        opts = FastPathOptions.for_device("cpu", **kw)
-        eng = Engine(model, EngineOptions(fastpath=opts, prompt_cache_mb=0, ref_cache_mb=0))
-        res = time_engine(eng, case, args.runs, args.warmup, device)
-        out.append({"step": name, **res})
-        print(f"ablation {name}: {res['p50_s']:.3f}s", file=sys.stderr)
-    return out
+def profile_once(engine: Engine, case, device, top=15) -> list[dict]:
+    """The top kernels (by self device time on CUDA, self CPU time elsewhere) of one run of the case."""
+    from torch.profiler import ProfilerActivity, profile
+
+    refs = [Reference(img, f"profile-{i}") for i, img in enumerate(references(case["refs"], case["size"]))]
+    job = Job(prompt="profile", refs=refs, seeds=[0], width=case["size"], height=case["size"], steps=4, output_format="jpeg")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        engine.run_batch([job])
+        sync(device)
+    on_cuda = device.type == "cuda"
+    events = [e for e in prof.key_averages() if (getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) if on_cuda else e.self_cpu_time_total) > 0]
+
+    def self_us(e):
+        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) if on_cuda else e.self_cpu_time_total
+
+    total = sum(self_us(e) for e in events) or 1
+    events.sort(key=self_us, reverse=True)
+    return [{"name": e.key[:90], "self_ms": self_us(e) / 1000, "calls": e.count, "pct": 100 * self_us(e) / total} for e in events[:top]]
 
 
 def machine(device) -> str:
@@ -275,55 +291,219 @@ def machine(device) -> str:
     return f"CPU {cpu} x{torch.get_num_threads()} threads ({platform.node()})"
 
 
-def markdown(report) -> str:
-    lines = [f"# Engine benchmark — {report['machine']}", "",
-             f"{report['date']} · torch {report['torch']} · diffusers {report['diffusers']} · {report['dtype']} · "
-             f"precision {report['precision']} · compile {report['compile']} · model {report['model']}", "",
-             f"Measured bf16 matmul peak: {report['matmul_peak_tflops']:.0f} TFLOP/s" if report["matmul_peak_tflops"] else
-             "Measured bf16 matmul peak: n/a (CPU)", "",
-             "| case | kleinserve p50 / p90 (s) | diffusers p50 / p90 (s) | speed-up | denoise TFLOP/s | % of peak | peak GPU GiB (ks / diffusers) | stage p50 ms (text / vae enc / denoise / decode / img enc) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for key, case in report["cases"].items():
-        ks, df = case["kleinserve"], case.get("diffusers")
-        st = ks["stage_p50_ms"]
-        stages = " / ".join(f"{st.get(s, 0):.1f}" for s in ("text_encode_ms", "vae_encode_ms", "denoise_ms", "decode_ms", "image_encode_ms"))
+def software() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    for name in ("diffusers", "transformers", "triton", "torchao"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # absent (torchao off CUDA boxes) or broken: say so rather than fail the run
+            out[name] = None
+    return out
+
+
+def slug_for(device, tiny_model: bool) -> str:
+    if tiny_model:
+        return f"tiny-{device.type}"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-") if device.type == "cuda" else "cpu"
+
+
+class Report:
+    """The run's figures, rewritten in full (JSON + markdown) after every case."""
+
+    def __init__(self, out: Path, name: str, data: dict):
+        self.out, self.name, self.data = out, name, data
+        out.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def paths(self) -> tuple[Path, Path]:
+        return self.out / f"{self.name}.json", self.out / f"{self.name}.md"
+
+    def save(self) -> None:
+        self.data["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        js, md = self.paths
+        for path, text in ((js, json.dumps(self.data, indent=2) + "\n"), (md, markdown(self.data))):
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)  # a kill mid-write leaves the previous complete file
+
+
+def _fmt(v, spec=".3f", none="—"):
+    return none if v is None else format(v, spec)
+
+
+def markdown(r) -> str:
+    sw = r["software"]
+    peak = r.get("matmul_peak_tflops")
+    lines = [f"# Engine benchmark — {r['machine']}", "",
+             f"{r['date']} · torch {sw['torch']} · CUDA {sw['cuda']} · cuDNN {sw['cudnn']} · triton {sw['triton']} · "
+             f"diffusers {sw['diffusers']} · transformers {sw['transformers']} · torchao {sw['torchao']} · Python {sw['python']}", "",
+             f"{r['dtype']} · compile {r['compile']} ({r['compile_scope']}, {r['compile_backend']}) · model {r['model']} · "
+             f"p50 over {r['runs']} runs after {r['warmup']} warm-up", "",
+             f"Measured bf16 matmul rate (8192³): {peak:.0f} TFLOP/s" if peak else "Measured bf16 matmul rate: n/a (not CUDA)", ""]
+    if r["cases"]:
+        lines += ["| case | kleinserve p50 / p90 (s) | diffusers p50 / p90 (s) | speed-up | denoise ms | denoise TFLOP/s | "
+                  "% of matmul rate | bf16 floor (s) | first call (s) | peak GiB (ks / diffusers) | stage p50 ms (text / vae enc / denoise / decode / img enc) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, case in r["cases"].items():
+        if "error" in case and "kleinserve" not in case:
+            lines.append(f"| ({key}) {case.get('description', '')} | failed: {case['error'][:120]} | | | | | | | | | |")
+            continue
+        ks, df = case.get("kleinserve"), case.get("diffusers")
         dstr = f"{df['p50_s']:.3f} / {df['p90_s']:.3f}" if df else "—"
+        if ks is None:
+            lines.append(f"| ({key}) {case['description']} | (pending) | {dstr} | | | | | | | | |")
+            continue
+        st = ks["stage_p50_ms"]
+        stages = " / ".join(f"{st.get(s, 0):.1f}" for s in STAGE_KEYS)
         speed = f"{df['p50_s'] / ks['p50_s']:.2f}x" if df else "—"
         mem = f"{ks.get('peak_gpu_mem_gib', 0):.1f} / {df.get('peak_gpu_mem_gib', 0):.1f}" if df else f"{ks.get('peak_gpu_mem_gib', 0):.1f}"
-        frac = f"{100 * case['denoise_tflops'] / report['matmul_peak_tflops']:.0f}%" if report["matmul_peak_tflops"] else "—"
-        lines.append(f"| ({key}) {case['description']} | {ks['p50_s']:.3f} / {ks['p90_s']:.3f} | {dstr} | {speed} | "
-                     f"{case['denoise_tflops']:.1f} | {frac} | {mem} | {stages} |")
-        if "unbatched" in case:
-            ub = case["unbatched"]
-            lines.append(f"| ({key}) same, unbatched (8 x batch 1) | {ub['p50_s']:.3f} / {ub['p90_s']:.3f} | | "
-                         f"batched throughput {ub['p50_s'] / ks['p50_s']:.2f}x | | | {ub.get('peak_gpu_mem_gib', 0):.1f} | |")
-    if report.get("ablation"):
-        lines += ["", "What each fast-path step buys, case (a):", "", "| configuration | p50 (s) | p90 (s) | denoise p50 (ms) |", "|---|---|---|---|"]
-        for row in report["ablation"]:
-            lines.append(f"| {row['step']} | {row['p50_s']:.3f} | {row['p90_s']:.3f} | {row['stage_p50_ms']['denoise_ms']:.1f} |")
-    if report.get("fp8_relative_error"):
+        frac = f"{100 * case['denoise_tflops'] / peak:.0f}%" if peak else "—"
+        floor = f"{case['denoise_tflop'] / peak:.3f}" if peak else "—"
+        lines.append(f"| ({key}) {case['description']} | {ks['p50_s']:.3f} / {ks['p90_s']:.3f} | {dstr} | {speed} | {st.get('denoise_ms', 0):.1f} | "
+                     f"{case['denoise_tflops']:.1f} | {frac} | {floor} | {ks['first_call_s']:.2f} | {mem} | {stages} |")
+        for extra, label in (("unbatched", "same, unbatched (each request alone)"), ("deterministic", "same, every request deterministic (alone)")):
+            if extra in case:
+                ub = case[extra]
+                lines.append(f"| ({key}) {label} | {ub['p50_s']:.3f} / {ub['p90_s']:.3f} | | batched throughput "
+                             f"{ub['p50_s'] / ks['p50_s']:.2f}x this | | | | | | {ub.get('peak_gpu_mem_gib', 0):.1f} | |")
+        if "error" in case:
+            lines.append(f"| ({key}) (part failed) | {case['error'][:160]} | | | | | | | | | |")
+    if r.get("ablation"):
+        lines += ["", "What each fast-path step buys, case (a) (compile ≈ first call − p50):", "",
+                  "| configuration | p50 (s) | p90 (s) | denoise p50 (ms) | first call (s) | graphs compiled |", "|---|---|---|---|---|---|"]
+        for row in r["ablation"]:
+            if "error" in row:
+                lines.append(f"| {row['step']} | failed: {row['error'][:160]} | | | | |")
+                continue
+            lines.append(f"| {row['step']} | {row['p50_s']:.3f} | {row['p90_s']:.3f} | {row['stage_p50_ms'].get('denoise_ms', 0):.1f} | "
+                         f"{row['first_call_s']:.2f} | {row['graphs_compiled_warming']} (+{row['graphs_compiled_timed']} while timed) |")
+    if r.get("batch_sweep"):
+        lines += ["", "Per-image time by batch size (1-reference edit; the batching rule comes from this):", "",
+                  "| size | batch | batch p50 (s) | per image (s) | vs batch 1 |", "|---|---|---|---|---|"]
+        for row in r["batch_sweep"]:
+            if "error" in row:
+                lines.append(f"| {row['size']}² | {row['batch']} | failed: {row['error'][:120]} | | |")
+                continue
+            lines.append(f"| {row['size']}² | {row['batch']} | {row['p50_s']:.3f} | {row['per_image_s']:.3f} | {row['vs_batch1']:.2f}x |")
+        if r.get("suggested_batch_rule"):
+            lines += ["", f"Suggested `--batch-rule {r['suggested_batch_rule']}` (largest batch whose per-image time is "
+                      f"at least 15% under batch 1's; see engine/README.md)."]
+    if r.get("fp8_relative_error"):
         lines += ["", "FP8 (torchao, dynamic activations, per-row weights) denoiser relative error vs bf16 per step: "
-                  + ", ".join(f"{e:.4f}" for e in report["fp8_relative_error"])]
-    lines += ["", f"Command: `{report['command']}`", ""]
+                  + ", ".join(f"{e:.4f}" for e in r["fp8_relative_error"])]
+    for key, rows in (r.get("profile") or {}).items():
+        lines += ["", f"Top kernels, one run of ({key}):", "", "| kernel | self ms | calls | % |", "|---|---|---|---|"]
+        lines += [f"| `{row['name']}` | {row['self_ms']:.2f} | {row['calls']} | {row['pct']:.1f} |" for row in rows]
+    if r.get("notes"):
+        lines += [""] + [f"- {n}" for n in r["notes"]]
+    lines += ["", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
+
+
+def suggested_rule(sweep) -> str | None:
+    """Largest batch per size whose per-image time is at least 15% under batch 1's; otherwise 1."""
+    rule = []
+    for size in dict.fromkeys(row["size"] for row in sweep):
+        rows = [row for row in sweep if row["size"] == size and "per_image_s" in row]
+        paying = [row["batch"] for row in rows if row["batch"] == 1 or row["vs_batch1"] >= 1.15]
+        if rows:
+            rule.append(f"{size}x{size}:{max(paying) if paying else 1}")
+    return ",".join(rule) or None
+
+
+def guarded(report: Report, where: dict, key, fn):
+    """Runs one measurement; a failure is recorded next to its case and the run goes on to the next one."""
+    try:
+        return fn()
+    except Exception as exc:  # OOM, a compile error, a kernel missing on this card: keep the other figures
+        print(f"{key} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        traceback.print_exc()
+        where["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
+    finally:
+        report.save()
+
+
+def engine_for(model, fastpath: FastPathOptions, deterministic=False) -> Engine:
+    if not fastpath.channels_last:  # an earlier engine may have converted the shared VAE in place
+        model.vae.to(memory_format=torch.contiguous_format)
+    return Engine(model, EngineOptions(fastpath=fastpath, prompt_cache_mb=0, ref_cache_mb=0, deterministic=deterministic))
+
+
+def ablation(report, model, case, args, device):
+    """What each fast-path piece buys on case (a). Ordered so in-place changes (VAE channels_last) only accumulate;
+    the whole-model static compile comes last because it compiles longest."""
+    steps = [
+        ("eager (no fast path)", dict(compile=False, channels_last=False, sdpa_priority=False)),
+        ("+ SDPA backend priority", dict(compile=False, channels_last=False, sdpa_priority=True)),
+        ("+ VAE channels_last", dict(compile=False, channels_last=True, sdpa_priority=True)),
+        ("+ regional compile (blocks, dynamic shapes)", dict(compile=True, compile_scope="blocks", channels_last=True, sdpa_priority=True)),
+        # CUDA graphs through inductor's cudagraph trees; CUDA only, kept only if this row shows they pay
+        ("+ CUDA graphs (regional, mode reduce-overhead)", dict(compile=True, compile_scope="blocks", compile_mode="reduce-overhead",
+                                                                channels_last=True, sdpa_priority=True)),
+        ("whole-model compile (static shapes) instead", dict(compile=True, compile_scope="model", channels_last=True, sdpa_priority=True)),
+    ]
+    rows = report.data.setdefault("ablation", [])
+    for name, kw in steps:
+        if kw["compile"] and device.type != "cuda" and args.compile is not True:
+            continue  # inductor on CPU costs minutes; ask for it with --compile
+        if kw.get("compile_mode") and device.type != "cuda":
+            continue  # CUDA graphs exist on CUDA only
+        row = {"step": name}
+        rows.append(row)
+
+        def measure(kw=kw):
+            opts = FastPathOptions.for_device("cpu", compile_backend=args.compile_backend, **kw)
+            res = time_engine(engine_for(model, opts), case, args.runs, args.warmup, device)
+            row.update(res)
+            print(f"ablation {name}: {res['p50_s']:.3f}s (first call {res['first_call_s']:.2f}s)", file=sys.stderr)
+
+        guarded(report, row, f"ablation {name}", measure)
+
+
+def batch_sweep(report, engine, sweep, args, device):
+    rows = report.data.setdefault("batch_sweep", [])
+    for size, batches in sweep:
+        base = None
+        for b in batches:
+            row = {"size": size, "batch": b}
+            rows.append(row)
+
+            def measure(size=size, b=b, row=row):
+                nonlocal base
+                res = time_engine(engine, dict(size=size, refs=1, concurrent=b), args.runs, args.warmup, device)
+                per = res["p50_s"] / b
+                base = per if b == 1 else base
+                row.update({"p50_s": res["p50_s"], "per_image_s": per, "vs_batch1": (base or per) / per})
+
+            guarded(report, row, f"batch sweep {size} x{b}", measure)
+    report.data["suggested_batch_rule"] = suggested_rule(rows)
+    report.save()
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="smoke mode: the tiny model at small sizes")
-    ap.add_argument("--cases", default="a,b,c,d")
+    ap.add_argument("--cases", default="a,b,c,d", help="comma list of a,b,c,d; '' for none")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp8"])
+    ap.add_argument("--precision", default="bf16", help="bf16, fp8, or a list (bf16,fp8): each case is timed in each, in order")
     ap.add_argument("--compile", dest="compile", action="store_true", default=None)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--compile-backend", default="inductor")
+    ap.add_argument("--compile-scope", default="blocks", choices=["blocks", "model"])
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--ablation", action="store_true", help="also time case (a) with the fast-path pieces added one by one")
+    ap.add_argument("--batch-sweep", action="store_true", help="per-image time by batch size (the batching rule's data)")
+    ap.add_argument("--deterministic-cost", action="store_true", help="also time (d) with every request deterministic")
+    ap.add_argument("--profile", default="", help="comma list of cases to profile once (top kernels)")
     ap.add_argument("--fp8-error", action="store_true", help="also report fp8-vs-bf16 denoiser error per step")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--tag", default="")
+    ap.add_argument("--tag", default="", help="file name suffix, e.g. the stage: engine-<card>-<tag>.json")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -332,23 +512,25 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
     cases = TINY_CASES if args.tiny else FULL_CASES
     selected = [c for c in args.cases.split(",") if c]
+    precisions = [p for p in args.precision.split(",") if p]
+    name = "engine-" + slug_for(device, args.tiny) + (f"-{args.tag}" if args.tag else "")
+    report = Report(args.out, name, {
+        "machine": machine(device), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "software": software(), "dtype": str(dtype).replace("torch.", ""), "precisions": precisions,
+        "model": "tiny" if args.tiny else "klein-4B architecture, random weights", "runs": args.runs, "warmup": args.warmup,
+        "command": " ".join(["python", *sys.argv]), "compile_backend": args.compile_backend, "compile_scope": args.compile_scope,
+        "compile": None, "matmul_peak_tflops": None, "cases": {}, "notes": []})
+    report.save()  # even a crash while building the model leaves the environment on record
+    t_build = time.perf_counter()
     tokenizer, lm, transformer, vae = build_components(device, dtype, args.tiny)
+    report.data["build_s"] = time.perf_counter() - t_build
+    report.data["matmul_peak_tflops"] = matmul_peak_tflops(device, dtype)
     scheduler_config = dict(tiny.SCHEDULER_CONFIG)
-
-    report = {"machine": machine(device), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "precision": args.precision,
-              "model": "tiny" if args.tiny else "klein-4B architecture, random weights", "command": " ".join(["python", *sys.argv]),
-              "matmul_peak_tflops": matmul_peak_tflops(device, dtype), "cases": {}}
-    try:
-        import diffusers
-
-        report["diffusers"] = diffusers.__version__
-    except ImportError:
-        report["diffusers"] = None
+    if report.data["software"]["diffusers"] is None:
         args.no_diffusers = True
+    report.save()
 
     # diffusers first: the engine's fast path converts the VAE to channels_last in place
-    diff_results = {}
     if not args.no_diffusers:
         from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
 
@@ -356,45 +538,82 @@ def main(argv=None) -> int:
                                   text_encoder=lm, tokenizer=tokenizer, transformer=transformer, is_distilled=True)
         pipe.set_progress_bar_config(disable=True)
         for key in selected:
-            diff_results[key] = time_diffusers(pipe, cases[key], args.runs, args.warmup, device)
-            print(f"diffusers ({key}): {diff_results[key]}", file=sys.stderr)
+            entry = report.data["cases"].setdefault(key, {"description": DESCRIPTIONS[key], **cases[key]})
+
+            def measure(key=key, entry=entry):
+                entry["diffusers"] = time_diffusers(pipe, cases[key], args.runs, args.warmup, device)
+                print(f"diffusers ({key}): {entry['diffusers']}", file=sys.stderr)
+
+            guarded(report, entry, f"diffusers ({key})", measure)
         del pipe
 
-    model = LoadedModel(model_id=report["model"], path=Path("."), device=device, dtype=dtype, tokenizer=tokenizer,
+    model = LoadedModel(model_id=report.data["model"], path=Path("."), device=device, dtype=dtype, tokenizer=tokenizer,
                         text_encoder=cut_text_encoder(lm), transformer=transformer, vae=vae, scheduler_config=scheduler_config)
-    fp = FastPathOptions.for_device(device.type, compile=args.compile, compile_backend=args.compile_backend, precision="bf16")
-    report["compile"] = fp.compile
-    fp8_errors = None
-    if args.fp8_error and device.type == "cuda":
-        fp8_errors = fp8_relative_error(transformer, Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu"))), cases["a"]["size"], device)
-        report["fp8_relative_error"] = fp8_errors
+    fp = FastPathOptions.for_device(device.type, compile=args.compile, compile_backend=args.compile_backend,
+                                    compile_scope=args.compile_scope, precision="bf16")
+    report.data["compile"] = fp.compile
+    for precision in precisions:
+        if precision == "fp8" and device.type != "cuda":
+            report.data["notes"].append("fp8 skipped: it needs a CUDA device (torchao float8 matmuls)")
+            report.save()
+            continue
+        if precision == "fp8" and args.fp8_error:
+            def measure_error():
+                bf16 = engine_for(model, FastPathOptions.for_device("cpu"))
+                report.data["fp8_relative_error"] = fp8_relative_error(transformer, bf16, cases["a"]["size"], device)
+
+            guarded(report, report.data, "fp8 error", measure_error)
+        engine = None
+
+        def build(precision=precision):
+            nonlocal engine
+            engine = engine_for(model, FastPathOptions.for_device(device.type, **{**fp.__dict__, "precision": precision}))
+
+        guarded(report, report.data, f"engine ({precision})", build)
+        if engine is None:
+            continue
+        for key in selected:
+            case = cases[key]
+            ckey = key if precision == "bf16" else f"{key}-{precision}"
+            entry = report.data["cases"].setdefault(ckey, {"description": DESCRIPTIONS[key] + ("" if precision == "bf16" else f", {precision}"), **case})
+
+            def measure(key=key, case=case, entry=entry):
+                ks = time_engine(engine, case, args.runs, args.warmup, device)
+                entry["kleinserve"] = ks
+                flops = denoise_flops(transformer, case["size"], case["refs"], batch=case["concurrent"])
+                entry["denoise_tflop"] = flops / 1e12
+                entry["denoise_tflops"] = flops / (ks["stage_p50_ms"]["denoise_ms"] / 1000) / 1e12
+                if "diffusers" in entry:
+                    entry["speedup_vs_diffusers"] = entry["diffusers"]["p50_s"] / ks["p50_s"]
+                print(f"kleinserve ({key}, {precision}): {ks}", file=sys.stderr)
+                report.save()
+                if case["concurrent"] > 1:
+                    entry["unbatched"] = time_engine(engine, case, args.runs, args.warmup, device, batched=False)
+                    entry["batched_throughput_x"] = entry["unbatched"]["p50_s"] / ks["p50_s"]
+                    report.save()
+                    if args.deterministic_cost:
+                        try:  # the engine-wide mode: every request alone, torch's deterministic algorithms on
+                            entry["deterministic"] = time_engine(engine_for(model, engine.fastpath, deterministic=True), case,
+                                                                 args.runs, args.warmup, device, deterministic=True)
+                        finally:
+                            make_deterministic(False)  # the cases after this one measure the default mode
+                        entry["deterministic_cost_x"] = entry["deterministic"]["p50_s"] / ks["p50_s"]
+
+            guarded(report, entry, f"kleinserve ({ckey})", measure)
+            if key in [p for p in args.profile.split(",") if p] and precision == precisions[0]:
+                def measure_profile(key=key, case=case):
+                    report.data.setdefault("profile", {})[ckey] = profile_once(engine, case, device)
+
+                guarded(report, entry, f"profile ({key})", measure_profile)
+        if args.batch_sweep and precision == "bf16":
+            batch_sweep(report, engine, TINY_SWEEP if args.tiny else FULL_SWEEP, args, device)
+        del engine
     if args.ablation:
-        report["ablation"] = ablation(model, cases["a"], args, device)
-    fp.precision = args.precision
-    engine = Engine(model, EngineOptions(fastpath=fp, prompt_cache_mb=0, ref_cache_mb=0))
-
-    for key in selected:
-        case = cases[key]
-        t0 = time.perf_counter()
-        ks = time_engine(engine, case, args.runs, args.warmup, device)
-        entry = {"description": DESCRIPTIONS[key], **case, "kleinserve": ks, "warmup_s": time.perf_counter() - t0}
-        flops = denoise_flops(transformer, case["size"], case["refs"], batch=case["concurrent"])
-        entry["denoise_tflops"] = flops / (ks["stage_p50_ms"]["denoise_ms"] / 1000) / 1e12
-        if case["concurrent"] > 1:
-            entry["unbatched"] = time_engine(engine, case, args.runs, args.warmup, device, batched=False)
-            entry["batched_throughput_x"] = entry["unbatched"]["p50_s"] / ks["p50_s"]
-        if key in diff_results:
-            entry["diffusers"] = diff_results[key]
-            entry["speedup_vs_diffusers"] = diff_results[key]["p50_s"] / ks["p50_s"]
-        report["cases"][key] = entry
-        print(f"kleinserve ({key}): {ks}", file=sys.stderr)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = ("tiny-cpu" if args.tiny else report["machine"].split(" (")[0].lower().replace(" ", "-")) + (f"-{args.tag}" if args.tag else "")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    (args.out / f"engine-{slug}-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"engine-{slug}-{stamp}.md").write_text(markdown(report))
-    print(markdown(report))
+        ablation(report, model, cases["a"], args, device)
+    report.save()
+    print(markdown(report.data))
+    js, md = report.paths
+    print(f"wrote {js} and {md}", file=sys.stderr)
     return 0
 
 

@@ -18,13 +18,13 @@ import torch
 from . import image_encoding, latents
 from .caches import ByteLRU, tensor_bytes
 from .errors import Canceled, EngineError, OutOfMemory, internal_error
-from .fastpath import Denoiser, FastPathOptions, attention_context, make_deterministic, prepare
+from .fastpath import Denoiser, FastPathOptions, attention_context, make_deterministic, prepare, upload_image
 from .guidance import GuidancePlan, uses_cfg
 from .loading import LoadedModel
 from .lora.rows import RowLora
 from .lora.store import AdapterStore, LoraOptions
 from .metrics import Metrics
-from .preprocess import Reference, to_tensor
+from .preprocess import Reference
 from .sampling import euler, sigmas, timestep
 from .text_encoding import MAX_TOKENS, encode_prompts
 
@@ -107,7 +107,8 @@ class Engine:
         if self.options.deterministic:
             make_deterministic()
         self.adapters = AdapterStore(model.transformer, model.dtype, model.device, self.options.lora, self.metrics.registry)
-        self.lora = RowLora(model.transformer, self.adapters, rank_multiple=16 if fp.compile else 1)
+        self.lora = RowLora(model.transformer, self.adapters, rank_multiple=16 if fp.compile else 1,
+                            compiled=self.denoiser.compiled)
 
     # -- stages ---------------------------------------------------------------------------------------------
     def _cached(self, cache: ByteLRU, key):
@@ -142,7 +143,7 @@ class Engine:
             lat = self._cached(self.ref_cache, ref.cache_key)
             state.append("hit" if lat is not None else "miss")
             if lat is None:
-                pixels = to_tensor(ref.image).to(self.model.device, vae.dtype)
+                pixels = upload_image(ref.image, self.model.device, vae.dtype)
                 if self.fastpath.channels_last:
                     pixels = pixels.contiguous(memory_format=torch.channels_last)
                 with torch.inference_mode():

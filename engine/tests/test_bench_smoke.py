@@ -1,37 +1,94 @@
-"""The GPU benchmark's smoke mode on CPU, so a GPU session finds it working."""
+"""The GPU benchmark stages dry-run on the CPU with the tiny model, so a GPU session finds them working."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "engine" / "bench.py"
+GPU_RUN = BENCH.parent / "gpu-run.sh"
 
 
-def test_bench_runs_in_tiny_cpu_mode(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH), "--device", "cpu", "--tiny", "--runs", "1", "--warmup", "0",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(next(tmp_path.glob("engine-tiny-cpu-*.json")).read_text())
-    assert set(report["cases"]) == {"a", "b", "c", "d"}
-    for key, case in report["cases"].items():
-        assert case["kleinserve"]["p50_s"] > 0 and case["diffusers"]["p50_s"] > 0, key
-        assert case["denoise_tflops"] > 0
-    assert report["cases"]["d"]["batched_throughput_x"] > 0
-    md = next(tmp_path.glob("engine-tiny-cpu-*.md")).read_text()
-    assert "| (a) edit, 1 reference |" in md and "unbatched" in md
+def dry_run(tmp_path, *stages):
+    out = tmp_path / "out"
+    env = {**os.environ, "KLEINSERVE_BENCH_DEVICE": "cpu", "PY": sys.executable, "OUT": str(out), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(GPU_RUN), *stages], capture_output=True, text=True, timeout=1800, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    names = sorted(p.name for p in out.iterdir())
+    for n in names:  # the device tool returns only files named in these characters
+        assert all(ch.isalnum() or ch in "._-" for ch in n), n
+    assert f"stage {stages[-1]} ends" in (out / "gpu-run.log").read_text()
+    return out, names
 
 
-def test_time_to_ready_runs_in_tiny_cpu_mode(tmp_path):
-    script = BENCH.parent / "time_to_ready.py"
-    proc = subprocess.run([sys.executable, str(script), "--tiny", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(next(tmp_path.glob("time-to-ready-tiny-cpu-*.json")).read_text())
+def test_gpu_run_smoke_and_stage_1_dry_run_on_cpu(tmp_path):
+    """The first GPU command (`smoke 1`) on the tiny model: what a GPU session runs, minus the GPU."""
+    out, names = dry_run(tmp_path, "smoke", "1")
+    assert len(names) <= 5, names  # with stage 2 in the same command still within the tool's 8 files
+
+    smoke = json.loads((out / "engine-cpu-smoke.json").read_text())
+    assert smoke["software"]["torch"] and smoke["pytest_rc"] == 0
+    checks = {c["check"].split(" (")[0]: c for c in smoke["checks"]}
+    assert {"eager", "compiled", "no recompile for a new batch size or aspect", "deterministic request: same bytes alone and among neighbours"} <= set(checks)
+    assert all(c["ok"] for c in smoke["checks"]), smoke["checks"]
+    assert "| eager | ok |" in (out / "engine-cpu-smoke.md").read_text()
+
+    s1 = json.loads((out / "engine-tiny-cpu-stage1.json").read_text())
+    assert set(s1["cases"]) == {"a", "c"}
+    for key, case in s1["cases"].items():
+        assert case["kleinserve"]["p50_s"] > 0 and case["diffusers"]["p50_s"] > 0 and case["denoise_tflops"] > 0, key
+        assert "error" not in case, case
+    assert s1["profile"]["a"] and s1["compile"] is True and s1["compile_scope"] == "blocks"
+    md1 = (out / "engine-tiny-cpu-stage1.md").read_text()
+    assert "| (a) edit, 1 reference |" in md1 and "cuDNN" in md1 and "Top kernels" in md1
+
+
+@pytest.mark.slow
+def test_gpu_run_stages_2_and_3_dry_run_on_cpu(tmp_path):
+    out, names = dry_run(tmp_path, "2", "3")
+    s2 = json.loads((out / "engine-tiny-cpu-stage2.json").read_text())
+    assert set(s2["cases"]) == {"b", "d"}
+    d = s2["cases"]["d"]
+    assert d["batched_throughput_x"] > 0 and d["deterministic"]["p50_s"] > 0 and d["deterministic_cost_x"] > 0
+    steps = [row["step"] for row in s2["ablation"]]
+    assert steps[0].startswith("eager") and any("regional" in st for st in steps) and any("whole-model" in st for st in steps)
+    assert all("error" not in row for row in s2["ablation"]), s2["ablation"]
+    assert s2["batch_sweep"] and s2["suggested_batch_rule"]
+
+    s3 = json.loads((out / "engine-tiny-cpu-stage3.json").read_text())
+    assert "a" in s3["cases"] and any("fp8 skipped" in n for n in s3["notes"])
+    ttr = json.loads((out / "engine-tiny-cpu-time-to-ready.json").read_text())
     for run in ("cold", "warm"):
-        assert report[run]["status"] == "ready"
+        assert ttr[run]["status"] == "ready"
         # the socket is bound well before the model is ready: health can answer "loading" meanwhile
-        assert report[run]["listening_s"] < report[run]["ready_s"]
+        assert ttr[run]["listening_s"] < ttr[run]["ready_s"]
+        assert ttr[run]["after_ready"]["alone_first_s"] > 0 and ttr[run]["after_ready"]["two_images_first_s"] > 0
+
+
+def test_gpu_run_refuses_an_unknown_stage(tmp_path):
+    proc = subprocess.run(["bash", str(GPU_RUN), "4"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OUT": str(tmp_path)})
+    assert proc.returncode == 2 and "unknown stage" in proc.stderr
+
+
+def test_report_is_rewritten_after_every_case(tmp_path):
+    """A stage killed at its time limit still leaves complete files with what it had measured."""
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    data = {"machine": "m", "date": "d", "software": bench.software(), "dtype": "float32", "compile": False, "compile_scope": "blocks",
+            "compile_backend": "inductor", "model": "tiny", "runs": 1, "warmup": 1, "matmul_peak_tflops": None,
+            "cases": {}, "command": "x", "notes": []}
+    report = bench.Report(tmp_path, "engine-test", data)
+    entry = data["cases"].setdefault("a", {"description": "edit, 1 reference"})
+    bench.guarded(report, entry, "boom", lambda: 1 / 0)
+    saved = json.loads((tmp_path / "engine-test.json").read_text())
+    assert saved["cases"]["a"]["error"].startswith("ZeroDivisionError")
+    assert "failed: ZeroDivisionError" in (tmp_path / "engine-test.md").read_text()
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_full_size_configs_match_the_published_model():

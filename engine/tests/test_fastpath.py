@@ -125,3 +125,29 @@ def test_cuda_layout_and_attention_options_keep_the_image(model):
     a = eager.run_batch([job()])[0].pixels[0]
     b = fast.run_batch([job()])[0].pixels[0]
     assert int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1
+
+
+def test_fp8_targets_only_the_linears_inside_the_repeated_blocks(model):
+    from kleinserve_engine.fastpath import fp8_target
+
+    chosen = {fqn for fqn, m in model.transformer.named_modules() if fp8_target(m, fqn)}
+    linears = {fqn for fqn, m in model.transformer.named_modules() if type(m).__name__ == "Linear"}
+    assert chosen and chosen < linears
+    assert all(f.startswith(("transformer_blocks.", "single_transformer_blocks.")) for f in chosen)
+    left = linears - chosen  # modulation (M = 1 per image), timestep embedding, input/output projections
+    assert any("modulation" in f for f in left) and any("x_embedder" in f for f in left)
+    assert all(not f.startswith(("transformer_blocks.", "single_transformer_blocks.")) for f in left)
+
+
+def test_uint8_upload_normalises_exactly_as_the_float_path():
+    """CUDA references travel as uint8 and are normalised on the device; the arithmetic must equal to_tensor's."""
+    import torch
+
+    from kleinserve_engine.fastpath import normalise_uint8, upload_image
+    from kleinserve_engine.preprocess import to_tensor
+
+    img = random_image(80, 48, 2)
+    expected = to_tensor(img)
+    got = normalise_uint8(torch.from_numpy(np.array(img, dtype=np.uint8)))
+    assert torch.equal(got, expected) and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(upload_image(img, torch.device("cpu"), torch.float32), expected)

@@ -18,9 +18,11 @@ import authPlugin from './http/auth.ts';
 import bodyGuard from './http/body-guard.ts';
 import { addMethodNotAllowed, collectPaths } from './http/method-not-allowed.ts';
 import metricsPlugin from './http/metrics.ts';
-import { collectRouteFacts, documentErrors } from './http/openapi.ts';
+import { docsPage } from './http/docs-page.ts';
+import { collectRouteFacts, completeDocument } from './http/openapi.ts';
 import outputRoutes from './http/outputs.ts';
 import { playgroundRoutes } from './http/playground.ts';
+import requestLog from './http/request-log.ts';
 import securityHeaders from './http/security-headers.ts';
 import storedInputRoutes from './http/stored-inputs.ts';
 import type { Metrics } from './metrics.ts';
@@ -46,6 +48,8 @@ export interface AppDeps {
   bodyLimitBytes: number;
   /** Server options that bound what one client can hold (http/server-options.ts). */
   http: Partial<FastifyServerOptions>;
+  /** Whether GET /metrics needs an API key (http/metrics.ts: metricsRequireKey). */
+  metricsRequireKey?: boolean;
   /** Whether storage takes writes, for health. */
   storage?: Pick<StorageHealth, 'snapshot'>;
   /** The whsec_ secret Standard Webhooks deliveries are signed with (served to Replicate's clients). */
@@ -57,7 +61,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     loggerInstance: deps.logger,
     bodyLimit: deps.bodyLimitBytes,
     requestIdHeader: 'x-request-id',
-    logController: new LogController({ requestIdLogLabel: 'request_id' }),
+    // http/request-log.ts writes one line per request instead of Fastify's two.
+    logController: new LogController({ requestIdLogLabel: 'request_id', disableRequestLogging: true }),
     genReqId: () => uuidv7(),
     ...deps.http,
     routerOptions: { ignoreTrailingSlash: true, ...deps.http.routerOptions },
@@ -71,6 +76,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.setSerializerCompiler(serializerCompiler);
 
   await app.register(errorsPlugin);
+  await app.register(requestLog);
   await app.register(bodyGuard);
   await app.register(fastifySwagger, {
     openapi: {
@@ -84,11 +90,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       security: [{ bearer: [] }],
     },
     transform: jsonSchemaTransform,
-    transformObject: (doc) => documentErrors(jsonSchemaTransformObject(doc), routeFacts),
+    transformObject: (doc) => completeDocument(jsonSchemaTransformObject(doc), routeFacts, { serverUrl: deps.baseUrl() || undefined }),
   });
   await app.register(authPlugin, { keys: deps.keys });
   await app.register(securityHeaders);
-  await app.register(metricsPlugin, { metrics: deps.metrics, engine: deps.engine });
+  await app.register(metricsPlugin, { metrics: deps.metrics, engine: deps.engine, requireKey: deps.metricsRequireKey });
 
   if (deps.objects.localPath) fs.mkdirSync(deps.objects.localPath('outputs'), { recursive: true });
   await app.register(outputRoutes, { objects: deps.objects });
@@ -102,6 +108,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(bflSurface, surface);
 
   await app.register(playgroundRoutes);
+  await app.register(docsPage);
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
   addMethodNotAllowed(app, routePaths);
   return app as unknown as FastifyInstance;

@@ -34,9 +34,22 @@ function roleOptions(cmd: Command, opts: { engine: boolean }): Command {
     .addOption(new Option('--data <dir>', 'data directory: SQLite runs, stored images, engine socket, key hashes').env('KLEINSERVE_DATA').default('.data'))
     .addOption(new Option('--api-key <key>', 'SERVER key that clients must send; repeat for several')
       .env('KLEINSERVE_API_KEYS').argParser(collect).default([], 'one is generated on first start and printed once'))
+    .addOption(new Option('--metrics-require-key <when>', 'require an API key on GET /metrics; auto: yes unless --host is loopback')
+      .choices(['auto', 'yes', 'no']).env('KLEINSERVE_METRICS_REQUIRE_KEY').default('auto'))
     .addOption(engineOnly(new Option('--concurrency <n>', 'runs handed to the engine at once (its batcher groups them)').env('KLEINSERVE_CONCURRENCY').default('4')))
     .addOption(engineOnly(new Option('--python <path>', 'Python 3.11+ with the kleinserve-engine package installed')
-      .env('KLEINSERVE_PYTHON').default(undefined, "the checkout's .venv/bin/python, else python3 on PATH")));
+      .env('KLEINSERVE_PYTHON').default(undefined, "the checkout's .venv/bin/python, else python3 on PATH")))
+    .addOption(engineOnly(new Option('--lora-dir <dir>', 'directory of LoRA .safetensors files that requests may name by file name')
+      .env('KLEINSERVE_LORA_DIR').default(undefined, 'none: only Hugging Face ids and URLs')))
+    .addOption(engineOnly(new Option('--lora-cache-mb <n>', 'disk bound of downloaded LoRAs, least recently used evicted first').env('KLEINSERVE_LORA_CACHE_MB').default('4096')))
+    .addOption(engineOnly(new Option('--lora-max-mb <n>', 'largest LoRA file accepted').env('KLEINSERVE_LORA_MAX_MB').default('1024')))
+    .addOption(engineOnly(new Option('--safety-checker <dir|repo>', 'image classifier run on every output (transformers AutoModelForImageClassification)')
+      .env('KLEINSERVE_SAFETY_CHECKER').default(undefined, 'none: nsfw_detected is always false')))
+    .addOption(engineOnly(new Option('--safety-policy <policy>', 'what a flagged output gets: reported, blurred, or the run fails NSFW_CONTENT')
+      .choices(['flag', 'blur', 'fail']).env('KLEINSERVE_SAFETY_POLICY').default('flag')))
+    .addOption(engineOnly(new Option('--safety-threshold <p>', 'unsafe-label probability at which an output is flagged').env('KLEINSERVE_SAFETY_THRESHOLD').default('0.5')))
+    .addOption(engineOnly(new Option('--allow-safety-opt-out', 'let requests turn the checker off (enable_safety_checker: false)')
+      .env('KLEINSERVE_ALLOW_SAFETY_OPT_OUT').default(false)));
 }
 
 function clusterOptions(cmd: Command): Command {
@@ -150,6 +163,29 @@ ${KEYS_NOTE}`);
       const { status } = await import('./status-command.ts');
       const argv = [...(opts.databaseUrl ? ['--database-url', opts.databaseUrl] : []), ...(opts.region ?? []).flatMap((r) => ['--region', r])];
       await status(opts.json ? [...argv, '--json'] : argv);
+    });
+
+  const keys = program.command('keys').description("list, add or revoke the server's generated API keys (in the data directory)")
+    .addHelpText('after', `
+A running server sees added and revoked keys within a second. Keys given by --api-key or KLEINSERVE_API_KEYS
+replace this list entirely while they are set. Lost the generated key? \`keys add\`, then \`keys revoke\` the old id.`);
+  const dataOption = () => new Option('--data <dir>', 'data directory of the server').env('KLEINSERVE_DATA').default('.data');
+  keys.command('list').description('print the id of each key (key_ + 12 hex digits of its SHA-256; never the key)').addOption(dataOption())
+    .action(async (opts: { data: string }) => {
+      const { listKeys } = await import('./auth/keys.ts');
+      for (const id of listKeys(path.resolve(opts.data))) console.log(id);
+    });
+  keys.command('add').description('create a key and print it once on stdout (only its hash is stored)').addOption(dataOption())
+    .action(async (opts: { data: string }) => {
+      const { addKey } = await import('./auth/keys.ts');
+      const { key, id } = addKey(path.resolve(opts.data));
+      process.stderr.write(`kleinserve: added ${id}; the key is shown only now:\n`);
+      console.log(key);
+    });
+  keys.command('revoke').description('remove a key, given its id (from `keys list`) or the key itself').argument('<id>').addOption(dataOption())
+    .action(async (id: string, opts: { data: string }) => {
+      const { revokeKey } = await import('./auth/keys.ts');
+      console.log(`revoked ${revokeKey(path.resolve(opts.data), id)}`);
     });
 
   program.commandsGroup('Client:');

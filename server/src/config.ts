@@ -23,6 +23,8 @@ export const ConfigSchema = z.object({
   port: z.coerce.number().int().min(0).max(65535).default(8080),
   dataDir: z.string().min(1),
   apiKeys: z.array(z.string().regex(KEY_PATTERN, 'API keys must match ^[A-Za-z0-9_]+$')).default([]),
+  /** Whether GET /metrics needs an API key; auto: yes unless bound to loopback. */
+  metricsRequireKey: z.enum(['auto', 'yes', 'no']).default('auto'),
   publicBaseUrl: z.url().optional(),
   callbackSecret: z.string().min(1).optional(),
   fetchAllowlist: z.string().optional(),
@@ -42,6 +44,18 @@ export const ConfigSchema = z.object({
   callbackBaseDelayMs: intFrom(1000),
   callbackTimeoutMs: intFrom(10_000),
   shutdownGraceMs: intFrom(30_000),
+  /** Bare LoRA names resolve to files in this directory; unset: bare names are refused. */
+  loraDir: z.string().min(1).optional(),
+  /** Disk bound of downloaded LoRAs (by content hash, least recently used first out) and the largest one accepted. */
+  loraCacheMb: intFrom(4096),
+  loraMaxMb: intFrom(1024),
+  /** Where Hugging Face repo ids are fetched from (a mirror, or a test's loopback server). */
+  hfEndpoint: z.url().default('https://huggingface.co'),
+  /** Image classifier the engine runs on every output (a directory or Hugging Face repo id); unset: none. */
+  safetyChecker: z.string().min(1).optional(),
+  safetyPolicy: z.enum(['flag', 'blur', 'fail']).default('flag'),
+  safetyThreshold: z.coerce.number().min(0).max(1.01).default(0.5),
+  allowSafetyOptOut: z.boolean().default(false),
   /** fsync every stored object (power-loss durability) at a latency cost. */
   fsync: z.boolean().default(false),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -59,6 +73,7 @@ export function loadConfig(values: Record<string, unknown>, env: NodeJS.ProcessE
     port: values.port ?? env.PORT,
     dataDir: path.resolve((values.data as string | undefined) ?? env.KLEINSERVE_DATA ?? '.data'),
     apiKeys: flagKeys.length ? flagKeys : list(env.KLEINSERVE_API_KEYS),
+    metricsRequireKey: values['metrics-require-key'] ?? (env.KLEINSERVE_METRICS_REQUIRE_KEY || undefined),
     publicBaseUrl: env.PUBLIC_BASE_URL || undefined,
     callbackSecret: env.KLEINSERVE_CALLBACK_SECRET || undefined,
     fetchAllowlist: env.KLEINSERVE_FETCH_ALLOWLIST,
@@ -76,6 +91,14 @@ export function loadConfig(values: Record<string, unknown>, env: NodeJS.ProcessE
     callbackTimeoutMs: env.KLEINSERVE_CALLBACK_TIMEOUT_MS,
     shutdownGraceMs: env.KLEINSERVE_SHUTDOWN_GRACE_MS,
     fsync: env.KLEINSERVE_FSYNC ? env.KLEINSERVE_FSYNC === '1' : undefined,
+    loraDir: values['lora-dir'] ?? (env.KLEINSERVE_LORA_DIR || undefined),
+    loraCacheMb: values['lora-cache-mb'] ?? env.KLEINSERVE_LORA_CACHE_MB,
+    loraMaxMb: values['lora-max-mb'] ?? env.KLEINSERVE_LORA_MAX_MB,
+    hfEndpoint: env.KLEINSERVE_HF_ENDPOINT || env.HF_ENDPOINT || undefined,
+    safetyChecker: values['safety-checker'] ?? (env.KLEINSERVE_SAFETY_CHECKER || undefined),
+    safetyPolicy: values['safety-policy'] ?? (env.KLEINSERVE_SAFETY_POLICY || undefined),
+    safetyThreshold: values['safety-threshold'] ?? (env.KLEINSERVE_SAFETY_THRESHOLD || undefined),
+    allowSafetyOptOut: values['allow-safety-opt-out'] ?? (env.KLEINSERVE_ALLOW_SAFETY_OPT_OUT ? env.KLEINSERVE_ALLOW_SAFETY_OPT_OUT === '1' : undefined),
     logLevel: env.LOG_LEVEL,
   };
   const parsed = ConfigSchema.safeParse(Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== undefined)));

@@ -25,7 +25,7 @@ export class Metrics {
   });
   readonly http = new Histogram({
     name: 'kleinserve_http_request_seconds',
-    help: 'HTTP request latency by route and status code',
+    help: 'HTTP request latency by route template (never the raw path), method and status code',
     labelNames: ['method', 'route', 'code'],
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 60],
     registers: [this.registry],
@@ -52,12 +52,16 @@ export class Metrics {
         for (const s of STATES) this.set({ state: s }, engine.state === s ? 1 : 0);
       },
     });
-    new Gauge({
-      name: 'kleinserve_engine_restarts',
+    // The supervisor counts restarts itself; the counter catches up with it on each scrape.
+    let restartsCounted = 0;
+    new Counter({
+      name: 'kleinserve_engine_restarts_total',
       help: 'Times the engine child was restarted',
       registers: [this.registry],
       collect() {
-        this.set(engine.status().restarts);
+        const restarts = engine.status().restarts;
+        if (restarts > restartsCounted) this.inc(restarts - restartsCounted);
+        restartsCounted = Math.max(restartsCounted, restarts);
       },
     });
     bus.subscribe('*', (ev) => {

@@ -77,12 +77,20 @@ def _combined(deltas: list[tuple[Delta, float]]) -> tuple[torch.Tensor, torch.Te
 class RowLora:
     """Owned by the engine; `active(rows)` wraps a batch's denoise, `keep(idx)` follows rows dropped mid-batch."""
 
-    def __init__(self, transformer, store, rank_multiple: int = 1):
+    def __init__(self, transformer, store, rank_multiple: int = 1, compiled: bool = False):
         self.transformer = transformer
         self.store = store
         self.rank_multiple = max(1, rank_multiple)  # pad ranks so compiled graphs see few distinct shapes
         self._plan: _Plan | None = None
         self._hooks: dict[str, object] = {}  # one hook function per layer, reused across batches
+        # torch.compile does not guard on hooks added after a graph was compiled (skip_nnmodule_hook_guards): a hook
+        # registered per batch would be silently left out of the compiled blocks. A compiled transformer therefore
+        # gets its hooks once, before its first call, on every Linear; with no plan active they return at trace time,
+        # so the no-LoRA graph holds no LoRA operation and a LoRA batch gets its own guarded graph.
+        self.persistent = compiled
+        if compiled:
+            for name in store.shapes:
+                transformer.get_submodule(name).register_forward_hook(self._hook(name))
 
     # -- planning ---------------------------------------------------------------------------------------------
     def plan(self, rows: list[RowLoras]) -> _Plan | None:
@@ -115,6 +123,10 @@ class RowLora:
                     parts[key] = _combined(deltas)
             if uniform:
                 down, up = parts[order[0]]
+                pad = -down.shape[0] % self.rank_multiple
+                if pad:  # zero rank rows add exact zeros
+                    down = torch.cat([down, down.new_zeros(pad, down.shape[1])])
+                    up = torch.cat([up, up.new_zeros(up.shape[0], pad)], dim=1)
                 weights[name] = _Weights(down.t().contiguous(), up.t().contiguous(), per_row=False)
                 continue
             some = next(iter(parts.values()))
@@ -148,7 +160,11 @@ class RowLora:
         if fn is None:
             def fn(module, args, output, name=name):
                 plan = self._plan
-                w = plan.weights[name]
+                if plan is None:
+                    return None  # output unchanged
+                w = plan.weights.get(name)
+                if w is None:
+                    return None
                 x = args[0]
                 if x.dtype != w.down_t.dtype:
                     x = x.to(w.down_t.dtype)
@@ -170,7 +186,8 @@ class RowLora:
         if plan is None:
             yield
             return
-        handles = [self.transformer.get_submodule(name).register_forward_hook(self._hook(name)) for name in plan.weights]
+        handles = [] if self.persistent else [
+            self.transformer.get_submodule(name).register_forward_hook(self._hook(name)) for name in plan.weights]
         self._plan = plan
         try:
             yield

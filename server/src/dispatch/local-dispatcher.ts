@@ -10,7 +10,7 @@ import type { RunLifecycle } from '../runs/lifecycle.ts';
 import { isTerminal, type RunRecord, type RunTiming, type StoredOutputImage } from '../runs/types.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { StorageWriteError } from '../storage/write-failure.ts';
-import { prepareImages, PreprocessFailure, type PreprocessDeps } from './preprocess.ts';
+import { prepareImages, prepareLoras, PreprocessFailure, type PreprocessDeps } from './preprocess.ts';
 
 export interface DispatcherDeps {
   lifecycle: RunLifecycle;
@@ -137,8 +137,12 @@ export class LocalDispatcher {
 
     let t = performance.now();
     let images;
+    let loras;
     try {
-      images = await prepareImages(this.deps.preprocess, claimed, this.decodedCache.get(claimed.id));
+      [images, loras] = await Promise.all([
+        prepareImages(this.deps.preprocess, claimed, this.decodedCache.get(claimed.id)),
+        prepareLoras(this.deps.preprocess, claimed),
+      ]);
     } catch (err) {
       if (!(err instanceof PreprocessFailure)) throw err;
       await lifecycle.fail(claimed, err.code, err.message, 'preprocess');
@@ -166,6 +170,10 @@ export class LocalDispatcher {
           num_images: input.num_images,
           output_format: input.output_format,
           output_quality: input.output_quality,
+          guidance_scale: input.guidance_scale,
+          negative_prompt: input.negative_prompt,
+          safety_checker: input.safety_checker,
+          ...(loras.length ? { loras } : {}),
         },
         {
           signal: ac.signal,
@@ -226,7 +234,7 @@ export class LocalDispatcher {
       result.images.map(async (img, i) => {
         const key = outputKey(run, img.content_type, i);
         await this.deps.objects.put(key, img.bytes);
-        return { key, content_type: img.content_type, width: img.width, height: img.height };
+        return { key, content_type: img.content_type, width: img.width, height: img.height, ...(img.nsfw ? { nsfw: true } : {}) };
       }),
     );
   }
@@ -241,10 +249,15 @@ export class LocalDispatcher {
           await lifecycle.retry(run, 'ENGINE_CANCELED', 'the engine canceled the request');
           return;
         case 'INVALID_REQUEST': {
-          const field = err.field?.replace(/^images\[(\d+)\]/, 'input.image_urls[$1]') ?? 'input';
-          await lifecycle.fail(run, 'INPUT_VALIDATION_FAILED', `${field}: ${err.message}`, 'inference');
+          // A late refusal (what intake could not know): the run fails naming the request's field and the reason.
+          const field = requestField(err.field);
+          const detail = err.message.replace(/^[\w.[\]]+: /, '');
+          await lifecycle.fail(run, 'INPUT_VALIDATION_FAILED', `${field}: ${err.reason ? `${err.reason}: ` : ''}${detail}`, 'inference');
           return;
         }
+        case 'NSFW_CONTENT':
+          await lifecycle.fail(run, 'NSFW_CONTENT', `the safety checker flagged an output (policy fail): ${err.message}`, 'inference');
+          return;
         case 'NOT_READY':
           await lifecycle.retry(run, 'ENGINE_NOT_READY', 'the engine was not ready');
           return;
@@ -265,6 +278,13 @@ export class LocalDispatcher {
       throw err;
     }
   }
+}
+
+/** The engine's field name as the request's (Runflow's wire names). */
+function requestField(field: string | undefined): string {
+  if (!field) return 'input';
+  if (field === 'safety_checker') return 'input.enable_safety_checker';
+  return `input.${field.replace(/^images\[(\d+)\]/, 'image_urls[$1]')}`;
 }
 
 /** Deterministic per run: a retried run overwrites its own file instead of leaving a second one. */

@@ -1,5 +1,8 @@
 // The preprocess stage: every image of a run becomes decoded RGB for the engine. URL images are fetched
 // here (under the SSRF guard); inline ones come from the intake's cache or, after a restart, from storage.
+// LoRAs are resolved here too, on the machine whose engine reads them (the worker in a cluster).
+import type { AdapterResolver, ResolvedLora } from '../adapters/resolver.ts';
+import { LoraRefusal } from '../adapters/source.ts';
 import { decodeImage, fetchImage, ImageInputError, type DecodedImage, type FetchOptions } from '../images/index.ts';
 import type { EngineImage } from '../engine/client.ts';
 import type { EngineLimits } from '../engine/limits.ts';
@@ -12,16 +15,31 @@ export interface PreprocessDeps {
   fetch: FetchOptions;
   limits: () => EngineLimits;
   maxInputPixels: number;
+  /** Resolves LoRA names to files on this machine; a run with LoRAs fails without it. */
+  adapters?: AdapterResolver;
 }
 
 /** A refused or unreachable image in the preprocess stage; `code` says which. */
 export class PreprocessFailure extends Error {
   constructor(
-    readonly code: 'IMAGE_FETCH_FAILED' | 'INPUT_VALIDATION_FAILED',
-    readonly cause: ImageInputError,
+    readonly code: 'IMAGE_FETCH_FAILED' | 'LORA_FETCH_FAILED' | 'INPUT_VALIDATION_FAILED',
+    readonly cause: ImageInputError | LoraRefusal,
   ) {
     super(cause.message);
   }
+}
+
+/** Each LoRA of the run as a file here plus its sha256; a refusal fails the run naming input.loras[i]. */
+export async function prepareLoras(deps: PreprocessDeps, run: RunRecord): Promise<ResolvedLora[]> {
+  const loras = run.input.loras ?? [];
+  if (!loras.length) return [];
+  if (!deps.adapters) {
+    throw new PreprocessFailure('INPUT_VALIDATION_FAILED', new LoraRefusal('input.loras[0].path', 'not_allowed', 'this worker does not resolve LoRAs'));
+  }
+  const { resolved, refusals } = await deps.adapters.resolveAll(loras);
+  const first = refusals[0];
+  if (first) throw new PreprocessFailure(first.reason === 'unreachable' ? 'LORA_FETCH_FAILED' : 'INPUT_VALIDATION_FAILED', first);
+  return resolved;
 }
 
 const tag = (code: PreprocessFailure['code']) => (err: unknown) => {

@@ -1,7 +1,7 @@
 // One multiplexed connection to the engine: many concurrent requests matched by id, progress frames routed
 // to their request, and an idle deadline per request so a hung engine is noticed.
 import net from 'node:net';
-import type { EngineLimits } from './limits.ts';
+import type { EngineLimits, ModelFacts, SafetyFacts } from './limits.ts';
 import { encodeFrame, FrameDecoder, type Frame, type FrameHeader } from './protocol.ts';
 
 export class EngineError extends Error {
@@ -9,6 +9,8 @@ export class EngineError extends Error {
     readonly code: string,
     message: string,
     readonly field?: string,
+    /** A machine-readable reason where the engine gives one (refused LoRAs). */
+    readonly reason?: string,
   ) {
     super(message);
   }
@@ -32,7 +34,13 @@ export interface GenerateParams {
   num_images: number;
   output_format: 'jpeg' | 'png' | 'webp';
   output_quality: number;
-  guidance?: number;
+  /** Absent: the checkpoint's default. */
+  guidance_scale?: number;
+  negative_prompt?: string;
+  /** false: skip the safety checker for this request (the engine refuses it unless opting out is allowed). */
+  safety_checker?: boolean;
+  /** Files on the engine's machine, named with their sha256 (the engine checks it and caches by it). */
+  loras?: { path: string; sha256: string; scale: number }[];
 }
 
 export interface EngineTimings {
@@ -47,7 +55,9 @@ export interface EngineTimings {
 }
 
 export interface GenerateResult {
-  images: { width: number; height: number; content_type: string; bytes: Buffer }[];
+  /** `nsfw`: the safety checker flagged the image (false when none ran: see `safety_checked`). */
+  images: { width: number; height: number; content_type: string; bytes: Buffer; nsfw?: boolean; nsfw_score?: number | null }[];
+  safety_checked?: boolean;
   seeds: number[];
   timings: EngineTimings;
   batch_size?: number;
@@ -71,6 +81,8 @@ export interface EngineHealth {
   in_flight?: number;
   error?: unknown;
   limits?: EngineLimits;
+  model_info?: ModelFacts | null;
+  safety?: SafetyFacts;
 }
 
 interface Pending {
@@ -135,7 +147,8 @@ export class EngineClient {
     const header = { op: 'generate', ...rest, images: refs, progress: Boolean(opts.onProgress) };
     const f = await this.request(header, images.map((i) => i.data), opts);
     const h = f.header as unknown as {
-      images: { width: number; height: number; content_type: string }[];
+      images: { width: number; height: number; content_type: string; nsfw?: boolean; nsfw_score?: number | null }[];
+      safety_checked?: boolean;
       seeds: number[];
       timings: EngineTimings;
       batch_size?: number;
@@ -144,6 +157,7 @@ export class EngineClient {
     return {
       images: h.images.map((meta, i) => ({ ...meta, bytes: f.blobs[i] })),
       seeds: h.seeds,
+      safety_checked: h.safety_checked,
       timings: h.timings ?? {},
       batch_size: h.batch_size,
       cache: h.cache,
@@ -216,8 +230,8 @@ export class EngineClient {
     this.pending.delete(id);
     if (p.timer) clearTimeout(p.timer);
     if (f.header.op === 'error' || f.header.ok === false) {
-      const e = (f.header.error ?? {}) as { code?: string; message?: string; field?: string };
-      p.reject(new EngineError(e.code ?? 'INTERNAL', e.message ?? 'engine error', e.field));
+      const e = (f.header.error ?? {}) as { code?: string; message?: string; field?: string; reason?: string };
+      p.reject(new EngineError(e.code ?? 'INTERNAL', e.message ?? 'engine error', e.field, e.reason));
     } else {
       p.resolve(f);
     }

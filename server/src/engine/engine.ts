@@ -2,7 +2,7 @@
 // child in supervisor.ts; the api role's view of its regions in cluster/engine-view.ts).
 import type { EventEmitter } from 'node:events';
 import type { GenerateParams, GenerateResult, RequestOptions } from './client.ts';
-import type { EngineLimits } from './limits.ts';
+import type { EngineLimits, ModelFacts, SafetyFacts } from './limits.ts';
 
 export type EngineState = 'starting' | 'loading' | 'ready' | 'restarting' | 'unavailable' | 'stopped';
 
@@ -18,6 +18,9 @@ export interface EngineStatus {
   in_flight?: number;
   limits: EngineLimits;
   error: string | null;
+  /** The loaded checkpoint's facts (null while loading, absent where the engine is elsewhere). */
+  model_info?: ModelFacts | null;
+  safety?: SafetyFacts;
 }
 
 /** Readiness, limits and metrics: all a role that does not run the model itself needs to know. Emits 'state'. */

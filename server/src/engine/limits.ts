@@ -8,6 +8,29 @@ export interface EngineLimits {
   max_steps: number;
   max_output_pixels: number;
   max_batch: number;
+  /** LoRA bounds, once the engine reports them. */
+  max_loras?: number;
+  max_lora_rank?: number;
+}
+
+/** The loaded checkpoint's facts, from the engine's health (`model_info`); null until it has loaded. */
+export interface ModelFacts {
+  id: string;
+  is_distilled: boolean;
+  default_steps: number;
+  max_steps: number;
+  default_guidance: number;
+  supports_guidance: boolean;
+  supports_negative_prompt: boolean;
+}
+
+/** The engine's safety checker as health reports it. */
+export interface SafetyFacts {
+  enabled: boolean;
+  model?: string;
+  policy?: 'flag' | 'blur' | 'fail';
+  threshold?: number;
+  allow_opt_out: boolean;
 }
 
 export const DEFAULT_ENGINE_LIMITS: EngineLimits = {

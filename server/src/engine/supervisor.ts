@@ -34,7 +34,17 @@ export interface SupervisorOptions {
  * after kill -9 finds and reaps the engine its previous life left behind (holding GPU memory). One data dir each.
  */
 export function localEngine(
-  cfg: { python: string; model: string; dataDir: string; engineIdleDeadlineMs: number; engineStartupTimeoutMs: number },
+  cfg: {
+    python: string;
+    model: string;
+    dataDir: string;
+    engineIdleDeadlineMs: number;
+    engineStartupTimeoutMs: number;
+    safetyChecker?: string;
+    safetyPolicy?: string;
+    safetyThreshold?: number;
+    allowSafetyOptOut?: boolean;
+  },
   logger: Logger,
 ): EngineSupervisor {
   return new EngineSupervisor({
@@ -45,8 +55,20 @@ export function localEngine(
     logger,
     idleDeadlineMs: cfg.engineIdleDeadlineMs,
     startupTimeoutMs: cfg.engineStartupTimeoutMs,
-    extraArgs: ['--data-dir', cfg.dataDir],
+    extraArgs: ['--data-dir', cfg.dataDir, ...safetyArgs(cfg)],
   });
+}
+
+/** The operator's safety-checker settings, as the engine's flags (the engine loads and runs the checker). */
+function safetyArgs(cfg: { safetyChecker?: string; safetyPolicy?: string; safetyThreshold?: number; allowSafetyOptOut?: boolean }): string[] {
+  if (!cfg.safetyChecker) return [];
+  return [
+    '--safety-checker',
+    cfg.safetyChecker,
+    ...(cfg.safetyPolicy ? ['--safety-policy', cfg.safetyPolicy] : []),
+    ...(cfg.safetyThreshold !== undefined ? ['--safety-threshold', String(cfg.safetyThreshold)] : []),
+    ...(cfg.allowSafetyOptOut ? ['--allow-safety-opt-out'] : []),
+  ];
 }
 
 
@@ -103,6 +125,8 @@ export class EngineSupervisor extends EventEmitter implements Engine {
       in_flight: h?.in_flight,
       limits: this.limits,
       error: this.error,
+      model_info: h?.model_info ?? null,
+      ...(h?.safety ? { safety: h.safety } : {}),
     };
   }
 

@@ -16,13 +16,13 @@ const MAX_FIELD_CHARS = 200;
  * nesting can overflow the stack here either.
  */
 export function checkBody(body: unknown, maxDepth = MAX_BODY_DEPTH): FieldError[] {
-  if (body === null || typeof body !== 'object') {
+  if (!isContainer(body)) {
     return typeof body === 'string' && !wellFormed(body) ? [{ field: '(body)', reason: UNICODE_REASON }] : [];
   }
   const errors: FieldError[] = [];
   let tooDeep = false;
   let badText = false;
-  const stack: { value: object; path: string[]; depth: number }[] = [{ value: body, path: [], depth: 1 }];
+  const stack: { value: object; path: string[]; depth: number }[] = [{ value: body as object, path: [], depth: 1 }];
   while (stack.length && !(tooDeep && badText)) {
     const { value, path, depth } = stack.pop()!;
     const entries: [string, unknown][] = Array.isArray(value) ? value.map((v, i) => [String(i), v]) : Object.entries(value);
@@ -37,7 +37,7 @@ export function checkBody(body: unknown, maxDepth = MAX_BODY_DEPTH): FieldError[
           badText = true;
           errors.push({ field: fieldName(childPath), reason: UNICODE_REASON });
         }
-      } else if (child !== null && typeof child === 'object') {
+      } else if (isContainer(child)) {
         if (depth + 1 > maxDepth) {
           if (!tooDeep) errors.push({ field: fieldName(childPath), reason: `nests deeper than ${maxDepth} levels` });
           tooDeep = true;
@@ -48,6 +48,17 @@ export function checkBody(body: unknown, maxDepth = MAX_BODY_DEPTH): FieldError[
     }
   }
   return errors;
+}
+
+/**
+ * Parsed JSON: plain objects and arrays. Raw bodies (a Buffer of an upload, a stream) are bytes, not
+ * text, and walking them entry by entry would cost a step per byte.
+ */
+function isContainer(v: unknown): v is object {
+  if (v === null || typeof v !== 'object') return false;
+  if (Array.isArray(v)) return true;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
 }
 
 // String.prototype.isWellFormed (Node 20+) checks for unpaired surrogates natively; the typings lag.

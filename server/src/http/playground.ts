@@ -20,8 +20,9 @@ export async function playgroundRoutes(app: FastifyInstance, opts: { dir?: strin
     return;
   }
   // The page and its assets are public (auth opt-out, see http/auth.ts); the API calls it makes are not.
+  // Each file is its own route, named by a build hash: metrics count them all as one route.
   app.addHook('onRoute', (route) => {
-    route.config = { ...(route.config as object), public: true };
+    route.config = { ...(route.config as object), public: true, metricsRoute: '/*' };
   });
   await app.register(fastifyStatic, {
     root,

@@ -22,7 +22,7 @@ import { openObjectStore } from '../storage/open-store.ts';
 import { objectStoreProbe, postgresProbe } from '../storage/probes.ts';
 import { guardProcess } from '../process-guard.ts';
 import { clusterPolicy } from './backends.ts';
-import { announce, bootstrapRole, buildApiServer, callbackDeliverer, onSignals, roleKeys } from './bootstrap.ts';
+import { announce, bootstrapRole, buildApiServer, callbackDeliverer, logWhenReady, onSignals, roleKeys } from './bootstrap.ts';
 import type { ClusterConfig } from './cluster-config.ts';
 
 export async function createApi(cfg: Config, cluster: ClusterConfig, regions: RegionSpec[], logger?: Logger) {
@@ -100,13 +100,14 @@ export async function createApi(cfg: Config, cluster: ClusterConfig, regions: Re
     await monitor.close();
     await store.close();
   };
-  return { app, store, monitor, start, stop, logger: log };
+  return { app, store, monitor, engine, start, stop, logger: log };
 }
 
 export async function runApi(cfg: Config, cluster: ClusterConfig, regions: RegionSpec[]): Promise<void> {
   const node = await createApi(cfg, cluster, regions);
   const { url, port } = await node.start();
   announce({ event: 'listening', role: 'api', url, host: cfg.host, port, pid: process.pid, regions: regions.map((r) => r.name) });
+  logWhenReady(node.logger, node.engine, url);
   guardProcess(node.logger);
   onSignals(node.logger, node.stop);
 }

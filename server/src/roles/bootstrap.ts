@@ -1,11 +1,14 @@
 // What every role (`serve`, `api`, `worker`) sets up the same way: the data dir, logging, API keys, the
 // public base URL, callback bodies and delivery, and graceful shutdown on signals. Roles differ only in
 // the backends they plug in (run store, object store, admission, engine).
+import type { AdapterResolver } from '../adapters/resolver.ts';
 import fs from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { buildApp } from '../app.ts';
-import { loadKeys, type KeyRing } from '../auth/keys.ts';
+import { hashKey, keyId, loadKeys, type KeyRing } from '../auth/keys.ts';
+import { DOCS_PATH } from '../http/docs-page.ts';
+import { metricsRequireKey } from '../http/metrics.ts';
 import { CallbackDeliverer } from '../callbacks/delivery.ts';
 import { standardWebhooksSecret } from '../callbacks/signing.ts';
 import { callbackSecret, type Config } from '../config.ts';
@@ -63,14 +66,30 @@ export function bootstrapRole(role: RoleName, cfg: Config, opts: { logger?: Logg
   };
 }
 
-/** The API keys of a role that serves the API; a first start without any generates one and shows it once. */
+/**
+ * The API keys of a role that serves the API. A first start without any generates one into an owner-only file
+ * in the data dir; the key itself is shown only on an interactive terminal, never in a log or stdout line
+ * (both end up wherever logs are shipped).
+ */
 export function roleKeys(cfg: Config, quiet: boolean): { ring: KeyRing; generated: string | null } {
-  const { ring, generated } = loadKeys(cfg.apiKeys, cfg.dataDir);
+  const { ring, generated, keyFile } = loadKeys(cfg.apiKeys, cfg.dataDir);
   if (generated && !quiet) {
-    announce({ event: 'api_key_created', api_key: generated, note: 'shown once; only its hash is stored' });
-    process.stderr.write(`\nkleinserve: created an API key (shown only this once):\n\n    ${generated}\n\n`);
+    announce({ event: 'api_key_created', key_file: keyFile, key_id: keyId(hashKey(generated)) });
+    if (process.stderr.isTTY) process.stderr.write(`\nkleinserve: created an API key (also in ${keyFile}, readable only by you):\n\n    ${generated}\n\n`);
   }
   return { ring, generated };
+}
+
+/** Logs one "ready" line, with the addresses a person opens, the first time the engine is ready. */
+export function logWhenReady(logger: Logger, engine: EngineStatusView, url: string): void {
+  const log = () => logger.info({ url, playground: `${url}/`, docs: `${url}${DOCS_PATH}`, openapi: `${url}/openapi.json` }, 'ready');
+  // Polled rather than evented: a cluster's engine view derives its state from the regions' heartbeats.
+  const timer = setInterval(() => {
+    if (engine.state !== 'ready') return;
+    clearInterval(timer);
+    log();
+  }, 200);
+  timer.unref();
 }
 
 /** Delivers callbacks from the persisted outbox, woken whenever a run with a callback ends. */
@@ -114,6 +133,8 @@ export interface ApiParts {
   policy: PolicyBackends;
   keys: KeyRing;
   metrics: Metrics;
+  /** Where the engine runs on this machine: LoRAs are resolved at submit time. */
+  adapters?: AdapterResolver;
 }
 
 /** The run service and the HTTP app over it, for the roles that serve the API (`serve`, `api`). */
@@ -131,6 +152,8 @@ export async function buildApiServer(cfg: Config, base: RoleBase, parts: ApiPart
       maxInputPixels: cfg.maxInputPixels,
       checkCallbacks: true,
       references,
+      facts: () => engine.status(),
+      adapters: parts.adapters,
     },
     assets,
     references,
@@ -155,6 +178,7 @@ export async function buildApiServer(cfg: Config, base: RoleBase, parts: ApiPart
     bodyLimitBytes: cfg.bodyLimitBytes,
     http: policy.http,
     storage: base.storage,
+    metricsRequireKey: metricsRequireKey(cfg.metricsRequireKey, cfg.host),
     standardWebhooksSecret: standardWebhooksSecret(callbackSecret(cfg)),
   });
   return { app, runs };

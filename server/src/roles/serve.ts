@@ -2,6 +2,7 @@
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config.ts';
+import { adapterResolverFor } from '../adapters/resolver.ts';
 import { LocalAdmission } from '../dispatch/local-admission.ts';
 import { LocalDispatcher } from '../dispatch/local-dispatcher.ts';
 import type { Engine } from '../engine/engine.ts';
@@ -15,7 +16,7 @@ import { DiskStore } from '../storage/disk-store.ts';
 import { objectStoreProbe, sqliteProbe } from '../storage/probes.ts';
 import { guardProcess } from '../process-guard.ts';
 import { embeddedPolicy } from './backends.ts';
-import { announce, bootstrapRole, buildApiServer, callbackDeliverer, onSignals, roleKeys } from './bootstrap.ts';
+import { announce, bootstrapRole, buildApiServer, callbackDeliverer, logWhenReady, onSignals, roleKeys } from './bootstrap.ts';
 
 export interface EmbeddedOptions {
   /** Tests pass a protocol-speaking fake; by default the Python engine is spawned and supervised. */
@@ -39,6 +40,9 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
 
   const engine = opts.engine ?? localEngine(cfg, logger.child({ part: 'engine' }));
   const metrics = new Metrics(store, engine, bus);
+  const fetch = { allowlist: base.allowlist, timeoutMs: cfg.fetchTimeoutMs, maxBytes: cfg.fetchMaxBytes, maxRedirects: cfg.fetchMaxRedirects };
+  // The engine reads adapters from this machine's disk: intake resolves them (422s) and dispatch hands them over.
+  const adapters = adapterResolverFor(cfg, fetch, () => engine.limits.max_lora_rank ?? null, metrics.registry);
   const dispatcher = new LocalDispatcher({
     lifecycle,
     engine,
@@ -50,7 +54,8 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
       objects,
       limits: () => engine.limits,
       maxInputPixels: cfg.maxInputPixels,
-      fetch: { allowlist: base.allowlist, timeoutMs: cfg.fetchTimeoutMs, maxBytes: cfg.fetchMaxBytes, maxRedirects: cfg.fetchMaxRedirects },
+      fetch,
+      adapters,
     },
   });
 
@@ -63,6 +68,7 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
     policy,
     keys: ring,
     metrics,
+    adapters,
   });
 
   const start = async () => {
@@ -97,6 +103,7 @@ export async function serve(cfg: Config): Promise<void> {
   const node = await createEmbedded(cfg);
   const { url, port } = await node.start();
   announce({ event: 'listening', url, host: cfg.host, port, pid: process.pid, data: cfg.dataDir });
+  logWhenReady(node.logger, node.engine, url);
   guardProcess(node.logger);
   onSignals(node.logger, node.stop);
 }

@@ -10,6 +10,7 @@ import type { RegionSpec } from '../cluster/regions.ts';
 import type { Config } from '../config.ts';
 import { RegionConsumer } from '../dispatch/region-consumer.ts';
 import { localEngine } from '../engine/supervisor.ts';
+import { adapterResolverFor } from '../adapters/resolver.ts';
 import { PostgresStore } from '../runs/postgres-store.ts';
 import { openObjectStore } from '../storage/open-store.ts';
 import { guardProcess } from '../process-guard.ts';
@@ -49,6 +50,12 @@ export async function runWorker(cfg: Config, cluster: ClusterConfig, region: Reg
         maxBytes: cfg.fetchMaxBytes,
         maxRedirects: cfg.fetchMaxRedirects,
       },
+      // This machine's engine reads the adapters, so this worker fetches and caches them.
+      adapters: adapterResolverFor(
+        cfg,
+        { allowlist: base.allowlist, timeoutMs: cfg.fetchTimeoutMs, maxBytes: cfg.fetchMaxBytes, maxRedirects: cfg.fetchMaxRedirects },
+        () => engine.limits.max_lora_rank ?? null,
+      ),
     },
   });
   const beatRedis = workerConnection(region.redisUrl);

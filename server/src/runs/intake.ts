@@ -13,7 +13,10 @@ import {
 import { invalidInput, ServiceError, type FieldError } from '../errors.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { StorageWriteError } from '../storage/write-failure.ts';
+import type { AdapterResolver } from '../adapters/resolver.ts';
 import type { RunRequest } from './inputs.ts';
+import { checkLoras } from './lora-intake.ts';
+import { checkAgainstModel, defaultSteps, type EngineFacts } from './model-facts.ts';
 import type { InputReferences } from './references.ts';
 import type { EngineLimits } from './limits.ts';
 import type { RunRecord, StoredImage } from './types.ts';
@@ -27,6 +30,13 @@ export interface IntakeDeps {
   checkCallbacks: boolean;
   /** Resolves inputs that point back at this server (uploaded assets, stored inputs of earlier runs). */
   references?: InputReferences;
+  /** The loaded checkpoint's facts and safety settings, where this process knows them (runs/model-facts.ts). */
+  facts?: () => EngineFacts;
+  /**
+   * Present where the engine's machine is this one (`serve`): adapters are fetched and checked now, so an
+   * unreachable, oversized or malformed LoRA is a 422. Elsewhere only their names are checked here.
+   */
+  adapters?: AdapterResolver;
 }
 
 /** Inline images decoded during intake, by index, so dispatch need not decode them again. */
@@ -93,7 +103,12 @@ export async function intakeRun(deps: IntakeDeps, req: RunRequest, owner: string
       errors.push({ field: 'callback_url', reason: err.reason });
     }
   }
-  if (input.steps > limits.max_steps) {
+  const facts = deps.facts?.() ?? {};
+  const steps = input.steps ?? defaultSteps(facts);
+  errors.push(...checkAgainstModel(input, facts));
+  const loras = input.loras ?? [];
+  errors.push(...(await checkLoras(loras, deps.allowlist, deps.adapters)));
+  if (steps > limits.max_steps) {
     errors.push({ field: 'input.steps', reason: `must be at most ${limits.max_steps}` });
   }
   if (errors.length) {
@@ -118,12 +133,16 @@ export async function intakeRun(deps: IntakeDeps, req: RunRequest, owner: string
       prompt: input.prompt,
       images: images as StoredImage[],
       seed: input.seed ?? randomInt(0, 2 ** 47),
-      steps: input.steps,
+      steps,
       output_format: input.output_format,
       output_quality: input.output_quality,
       width: input.width,
       height: input.height,
       num_images: input.num_images,
+      ...(input.guidance_scale !== undefined ? { guidance_scale: input.guidance_scale } : {}),
+      ...(input.negative_prompt ? { negative_prompt: input.negative_prompt } : {}),
+      ...(input.safety_checker !== undefined ? { safety_checker: input.safety_checker } : {}),
+      ...(loras.length ? { loras: loras.map((l) => ({ path: l.path, scale: l.scale })) } : {}),
     },
     output: null,
     metadata: req.metadata,

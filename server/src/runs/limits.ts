@@ -8,7 +8,9 @@ export type { EngineLimits };
 
 export const INPUT_LIMITS = {
   maxImages: DEFAULT_ENGINE_LIMITS.max_images,
-  maxSteps: DEFAULT_ENGINE_LIMITS.max_steps,
+  /** Base checkpoints take up to 100; the loaded checkpoint's own max_steps narrows it at intake. */
+  maxSteps: 100,
+  /** Until the engine reports its checkpoint's default (runs/model-facts.ts). */
   defaultSteps: 4,
   /** Outputs of one run, batched by the engine. */
   maxOutputs: DEFAULT_ENGINE_LIMITS.max_batch,
@@ -19,6 +21,14 @@ export const INPUT_LIMITS = {
   sideMultiple: 16,
   maxPromptChars: 20_000,
   defaultOutputQuality: 95,
+  /** LoRA adapters per run (as fal's LoRA endpoints) and the scale each may take (the engine's bounds). */
+  maxLoras: 3,
+  minLoraScale: -4,
+  maxLoraScale: 4,
+  maxLoraPathChars: 2048,
+  /** Classifier-free guidance a request may name at all; the loaded checkpoint narrows it (runs/model-facts.ts). */
+  minGuidance: 0,
+  maxGuidance: 20,
 } as const;
 
 const L = INPUT_LIMITS;
@@ -32,6 +42,21 @@ export const inputFields = {
   seed: () => z.int().min(0).max(Number.MAX_SAFE_INTEGER),
   outputFormat: () => z.enum(['jpeg', 'png', 'webp']),
   outputQuality: () => z.int().min(1).max(100),
+  loras: () =>
+    z
+      .array(
+        z.strictObject({
+          path: z
+            .string()
+            .min(1)
+            .max(L.maxLoraPathChars)
+            .describe('Hugging Face repo id (owner/name or owner/name:file.safetensors), http(s) URL of a .safetensors file, or a file name in the server\'s adapters directory'),
+          scale: z.number().min(L.minLoraScale).max(L.maxLoraScale).default(1).describe(`strength, ${L.minLoraScale} to ${L.maxLoraScale}, default 1`),
+        }),
+      )
+      .max(L.maxLoras, `takes at most ${L.maxLoras} LoRAs`),
+  guidanceScale: () => z.number().min(L.minGuidance).max(L.maxGuidance),
+  negativePrompt: () => z.string().max(L.maxPromptChars),
 };
 
 /** Why a W x H output size is refused, or null when it is fine. */

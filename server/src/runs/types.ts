@@ -20,6 +20,11 @@ export interface RunInput {
   width: number | null;
   height: number | null;
   num_images: number;
+  guidance_scale?: number;
+  negative_prompt?: string;
+  safety_checker?: boolean;
+  /** As the caller named them; resolved to files only when the run is prepared for the engine. */
+  loras?: { path: string; scale: number }[];
 }
 
 export interface StoredOutputImage {
@@ -27,6 +32,8 @@ export interface StoredOutputImage {
   content_type: string;
   width: number;
   height: number;
+  /** The operator's safety checker flagged it (absent or false: not flagged, or no checker ran). */
+  nsfw?: boolean;
 }
 
 export interface RunTiming {
@@ -85,6 +92,5 @@ export interface DeliverySigning {
   /** hmac-caller: the header the signature goes in. */
   header?: string;
 }
-
 
 export type RunPatch = Partial<Omit<RunRecord, 'id' | 'model_id' | 'input' | 'created_at' | 'output_token'>>;

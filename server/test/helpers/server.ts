@@ -13,7 +13,7 @@ export interface ServerHandle {
   port: number;
   dataDir: string;
   proc: ChildProcess;
-  /** The api_key_created line's key, when this start generated one. */
+  /** The key this start generated (read from the file its api_key_created line names). */
   generatedKey: string | null;
   stdout: string[];
   stderr: string[];
@@ -61,7 +61,8 @@ export async function startServer(opts: StartOptions = {}): Promise<ServerHandle
     readline.createInterface({ input: proc.stdout! }).on('line', (line) => {
       stdout.push(line);
       const msg = JSON.parse(line);
-      if (msg.event === 'api_key_created') generatedKey = msg.api_key;
+      // The key itself is never printed on a pipe: it is in the owner-only file the line names.
+      if (msg.event === 'api_key_created') generatedKey = fs.readFileSync(msg.key_file, 'utf8').trim();
       if (msg.event === 'listening') {
         clearTimeout(timer);
         resolve(msg);

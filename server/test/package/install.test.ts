@@ -2,7 +2,7 @@
 // into an empty directory with `npm install <tarballs>` (every other dependency from the registry), must give a
 // working `import { Kleinserve } from '@kleinserve/sdk'` and a working `kleinserve` command: --version, `serve
 // --model tiny` reaching health and serving the playground, and `edit` writing an image, with its errors worded
-// for a person.
+// for a person (help and the missing-file error are covered without installing, in test/cli/).
 //
 // One concession to this machine: better-sqlite3 downloads its prebuilt binary from GitHub, which is not
 // reachable here, and compiling it takes minutes. prebuild-install's documented mirror setting
@@ -101,12 +101,10 @@ console.log(typeof Kleinserve, typeof KleinserveError, typeof c.edit, typeof c.r
     expect(types).toContain('Kleinserve');
   });
 
-  it('gives a kleinserve command that knows its version and explains itself', async () => {
+  it('gives a kleinserve command that knows its version', async () => {
     const v = await kleinserve(['--version']);
+    expect(v.code).toBe(0);
     expect(v.stdout.trim()).toBe(version('server'));
-    const help = await kleinserve(['serve', '--help']);
-    expect(help.code).toBe(0);
-    expect(help.stdout).toContain('--python <path>');
   });
 
   it('serves the tiny model until healthy, with the playground, using the Python given by --python', async () => {
@@ -150,8 +148,5 @@ console.log(typeof Kleinserve, typeof KleinserveError, typeof c.edit, typeof c.r
     expect(invalid.code).toBe(1);
     expect(invalid.stderr).toContain('(422 INPUT_VALIDATION_FAILED)');
     expect(invalid.stderr.match(/input\.steps/g)).toHaveLength(1);
-
-    const missing = await kleinserve(['edit', '--server', url, '--api-key', KEY, '--image', 'nope.jpg', '--prompt', 'x', '-o', 'o.jpg']);
-    expect(missing.stderr).toContain(`--image nope.jpg: no such file (${path.join(app, 'nope.jpg')})`);
   }, 120_000);
 });

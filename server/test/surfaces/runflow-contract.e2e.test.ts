@@ -151,7 +151,8 @@ describe('callbacks', () => {
     expect(done.body.output.outputs).toHaveLength(1);
     const failed = hooks.received.find((r) => r.body.run_id === bad.body.id)!;
     expect(failed.body.event).toBe('run.failed');
-    expect(failed.body.output).toEqual({ error: { code: 'IMAGE_FETCH_FAILED', message: expect.stringContaining('input.image_urls[0]') } });
+    expect(failed.body.output).toEqual({ error: expect.objectContaining({ code: 'IMAGE_FETCH_FAILED', message: expect.stringContaining('input.image_urls[0]') }) });
+    expect(failed.body.output.error).toEqual(failed.body.error);
     expect(failed.body.error.code).toBe('IMAGE_FETCH_FAILED');
     for (const r of [done, failed]) expect(r.headers['runflow-request-id']).toMatch(/^[0-9a-f-]{36}$/);
     const db = new Database(path.join(server.dataDir, 'runs.db'), { readonly: true });

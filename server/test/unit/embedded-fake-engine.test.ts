@@ -33,6 +33,14 @@ async function post(body: unknown, headers: Record<string, string> = {}) {
   return { status: res.status, body: (await res.json()) as any };
 }
 
+async function waitUntil(check: () => Promise<boolean>, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 beforeAll(async () => {
   dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ks-unit-'));
   fake = new FakeEngine({
@@ -129,6 +137,19 @@ describe('embedded role against a fake engine', () => {
     const run = await (await fetch(`${base}/v1/runs/${body.id}`, { headers: auth })).json();
     expect(run.status_code).toBe('canceled');
     expect(run.output).toBeNull();
+  });
+
+  it('drops the decoded inline images of runs canceled while still queued', async () => {
+    const img = dataUri(await testImage());
+    const busy = await Promise.all([1, 2, 3, 4].map((i) => post({ input: { prompt: `slow busy ${i}`, image_urls: [img], steps: 50 } })));
+    const queued = await Promise.all([1, 2, 3].map((i) => post({ input: { prompt: `slow queued ${i}`, image_urls: [img], steps: 50 } })));
+    const cancel = (id: string) => fetch(`${base}/v1/admin/runs/${id}/cancellation`, { method: 'POST', headers: { authorization: auth.authorization } });
+    await Promise.all(queued.map((q) => cancel(q.body.id)));
+    const never = await Promise.all(queued.map(async (q) => (await fetch(`${base}/v1/runs/${q.body.id}`, { headers: auth })).json()));
+    // At least one was canceled before the dispatcher ever took it: the path that used to keep its pixels.
+    expect(never.some((r: any) => r.status_code === 'canceled' && r.started_at === null)).toBe(true);
+    for (const b of busy) await waitUntil(async () => ['succeeded', 'failed', 'canceled'].includes((await (await fetch(`${base}/v1/runs/${b.body.id}`, { headers: auth })).json()).status_code));
+    expect(node.dispatcher.held).toBe(0);
   });
 
   it('422s unknown input fields by name, and bad fields with their path', async () => {

@@ -1,4 +1,5 @@
-// OpenAI-compatible image routes, as SGLang and vLLM-Omni serve them, so the official `openai` SDK works:
+// OpenAI-compatible routes, as SGLang and vLLM-Omni serve them, so the official `openai` SDK works:
+//   GET  /v1/models, /v1/models/{id}  the models served (what OpenAI clients probe first)
 //   POST /v1/images/edits        multipart: image / image[] files, url / url[], prompt, n, size, response_format, ...
 //   POST /v1/images/generations  JSON: prompt, n, size, response_format, output_format, seed, num_inference_steps
 // Each request is ONE run with num_images = n (the engine batches the outputs) held open until it ends.
@@ -7,6 +8,7 @@ import multipart from '@fastify/multipart';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { invalidInput, ServiceError, type FieldError } from '../../errors.ts';
 import { callerOf } from '../../http/auth.ts';
+import type { RouteDocs } from '../../http/openapi.ts';
 import { clientGone, idempotencyKeyHeader } from '../../http/request.ts';
 import { limitUpload } from '../../http/upload-limit.ts';
 import { errorHeaders, STATUS_OF } from '../../http/status.ts';
@@ -16,7 +18,16 @@ import { endedWithoutOutput } from '../../runs/failure.ts';
 import type { RunRecord } from '../../runs/types.ts';
 import { outputUrl } from '../../http/outputs.ts';
 import type { SurfaceDeps } from '../surface.ts';
-import { OpenAiParamsSchema, type OpenAiParams } from './schemas.ts';
+import {
+  ImagesResponseSchema,
+  ModelListSchema,
+  ModelParamsSchema,
+  ModelSchema,
+  OPENAI_ERROR_JSON_SCHEMA,
+  OpenAiParamsSchema,
+  openAiParamsJsonSchema,
+  type OpenAiParams,
+} from './schemas.ts';
 import { fieldPath } from '../../plugins/errors.ts';
 
 function parseParams(raw: Record<string, unknown>): OpenAiParams {
@@ -46,12 +57,15 @@ function toRunRequest(modelId: string, p: OpenAiParams, images: string[]): RunRe
       prompt: p.prompt,
       images,
       seed: p.seed,
-      steps: p.num_inference_steps ?? INPUT_LIMITS.defaultSteps,
+      steps: p.num_inference_steps,
       output_format: p.output_format ?? 'jpeg',
       output_quality: p.output_compression ?? INPUT_LIMITS.defaultOutputQuality,
       width: size.width ?? null,
       height: size.height ?? null,
       num_images: p.n ?? 1,
+      ...(p.guidance_scale !== undefined ? { guidance_scale: p.guidance_scale } : {}),
+      ...(p.negative_prompt ? { negative_prompt: p.negative_prompt } : {}),
+      ...(p.loras?.length ? { loras: p.loras } : {}),
     },
     callback_url: null,
     metadata: null,
@@ -112,14 +126,31 @@ async function answer(deps: SurfaceDeps, reply: FastifyReply, created: RunRecord
 
 /** OpenAI's SDK reads `error.message`; contract clients read `code`/`message`/`errors`. Send both. */
 function openAiErrorBody(err: ServiceError) {
-  const type = STATUS_OF[err.kind] >= 500 ? 'server_error' : 'invalid_request_error';
-  return {
-    code: err.code,
-    message: err.message,
-    errors: err.errors,
-    error: { message: err.message, type, code: err.code, param: err.errors[0]?.field ?? null },
-  };
+  return withOpenAiError(STATUS_OF[err.kind], { code: err.code, message: err.message, errors: err.errors });
 }
+
+type ContractError = { code: string; message: string; errors?: { field: string; reason: string }[] };
+
+function withOpenAiError(status: number, body: ContractError) {
+  const type = status >= 500 ? 'server_error' : 'invalid_request_error';
+  return { ...body, error: { message: body.message, type, code: body.code, param: body.errors?.[0]?.field ?? null } };
+}
+
+/** Every error body these routes send (the framework's 400/413/415, a 404 under /v1/images) gets OpenAI's `error` too. */
+function addOpenAiError(reply: FastifyReply, payload: unknown): unknown {
+  if (reply.statusCode < 400 || typeof payload !== 'string' || !payload.startsWith('{')) return payload;
+  try {
+    const body = JSON.parse(payload);
+    if (body.error || typeof body.code !== 'string' || typeof body.message !== 'string') return payload;
+    return JSON.stringify(withOpenAiError(reply.statusCode, body));
+  } catch {
+    return payload;
+  }
+}
+
+// The server's start stands in for `created`: the model object describes what this server serves.
+const STARTED = Math.floor(Date.now() / 1000);
+const MODELS = [MODEL_EDIT, MODEL_TEXT_TO_IMAGE].map((id) => ({ id, object: 'model' as const, created: STARTED, owned_by: id.split('/')[0] }));
 
 /** Intake names fields after the run input; name them after what the OpenAI caller sent. */
 function renameFields(err: unknown): unknown {
@@ -137,6 +168,38 @@ export async function openAiSurface(app: FastifyInstance, deps: SurfaceDeps): Pr
     if (err instanceof ServiceError) return reply.headers(errorHeaders(err)).code(STATUS_OF[err.kind]).send(openAiErrorBody(err));
     return parent.call(this, err, req, reply);
   });
+  app.addHook('onSend', async (_req, reply, payload) => addOpenAiError(reply, payload));
+  await app.register(
+    async (images) => {
+      images.setNotFoundHandler((req, reply) => {
+        reply.code(404).send({ code: 'NOT_FOUND', message: `no route for ${req.method} ${req.url.split('?')[0].slice(0, 120)}`, errors: [] });
+      });
+    },
+    { prefix: '/v1/images' },
+  );
+  const docs = (extra: RouteDocs): RouteDocs => ({ errorSchema: OPENAI_ERROR_JSON_SCHEMA, ...extra });
+
+  app.get(
+    '/v1/models',
+    {
+      schema: { summary: 'List models (OpenAI-compatible)', tags: ['openai'], response: { 200: ModelListSchema } },
+      config: { docs: docs({ operationId: 'listModels', description: "The models this server serves, in OpenAI's shape (what OpenAI clients probe first).", ok: 'The models' }) },
+    },
+    async () => ({ object: 'list' as const, data: MODELS }),
+  );
+  app.get(
+    '/v1/models/:model',
+    {
+      schema: { summary: 'Read a model (OpenAI-compatible)', tags: ['openai'], params: ModelParamsSchema, response: { 200: ModelSchema } },
+      config: { docs: docs({ operationId: 'getModel', description: 'One model by id (URL-encode the slashes); 404 with an OpenAI error for any other id.', ok: 'The model' }) },
+    },
+    async (req) => {
+      const { model } = req.params as { model: string };
+      const found = MODELS.find((m) => m.id === model);
+      if (!found) throw new ServiceError('not_found', 'MODEL_NOT_FOUND', `model ${model.slice(0, 120)} not found; this server serves ${MODELS.map((m) => m.id).join(', ')}`, [{ field: 'model', reason: 'unknown model' }]);
+      return found;
+    },
+  );
 
   const submit = async (req: FastifyRequest, request: RunRequest) => {
     const { run } = await deps.runs.submit(callerOf(req), request, { idempotencyKey: idempotencyKeyHeader(req) }).catch((e) => {
@@ -147,7 +210,35 @@ export async function openAiSurface(app: FastifyInstance, deps: SurfaceDeps): Pr
   const creates = { createsRun: true };
   const max = INPUT_LIMITS.maxImages;
 
-  app.post('/v1/images/edits', { schema: { summary: 'OpenAI-compatible image edit (multipart)', tags: ['openai'] }, config: creates }, async (req, reply) => {
+  const params = openAiParamsJsonSchema();
+  const editDocs = docs({
+    operationId: 'createImageEdit',
+    description: `Edits 1-${max} images by a prompt, as OpenAI's images.edit. Multipart: image / image[] files (or url / url[]) and the fields below. Holds until the run ends; the run id is in x-kleinserve-run-id.`,
+    requestBody: {
+      required: true,
+      content: {
+        'multipart/form-data': {
+          schema: {
+            ...params,
+            properties: {
+              image: { type: 'array', items: { type: 'string', format: 'binary' }, maxItems: max, description: `1-${max} reference images (or give url / url[])` },
+              url: { type: 'array', items: { type: 'string' }, maxItems: max, description: 'reference image URLs, instead of files' },
+              ...params.properties,
+            },
+          },
+        },
+      },
+    },
+    ok: 'The images: b64_json or url per response_format',
+  });
+  const generationDocs = docs({
+    operationId: 'createImageGeneration',
+    description: "Generates images from a prompt, as OpenAI's images.generate. Holds until the run ends; the run id is in x-kleinserve-run-id.",
+    requestBody: { required: true, content: { 'application/json': { schema: params } } },
+    ok: 'The images: b64_json or url per response_format',
+  });
+
+  app.post('/v1/images/edits', { schema: { summary: 'OpenAI-compatible image edit (multipart)', tags: ['openai'], response: { 200: ImagesResponseSchema } }, config: { ...creates, docs: editDocs } }, async (req, reply) => {
     if (!req.isMultipart()) throw new ServiceError('unsupported_media_type', 'UNSUPPORTED_MEDIA_TYPE', 'send multipart/form-data with image or image[] files');
     // The JSON body limit holds for the stream too: 413 as soon as it is crossed, never read whole.
     const limit = limitUpload(req, reply);
@@ -159,7 +250,7 @@ export async function openAiSurface(app: FastifyInstance, deps: SurfaceDeps): Pr
     return answer(deps, reply, run, p.response_format ?? 'b64_json');
   });
 
-  app.post('/v1/images/generations', { schema: { summary: 'OpenAI-compatible text-to-image', tags: ['openai'] }, config: creates }, async (req, reply) => {
+  app.post('/v1/images/generations', { schema: { summary: 'OpenAI-compatible text-to-image', tags: ['openai'], response: { 200: ImagesResponseSchema } }, config: { ...creates, docs: generationDocs } }, async (req, reply) => {
     const p = parseParams((req.body ?? {}) as Record<string, unknown>);
     const run = await submit(req, toRunRequest(MODEL_TEXT_TO_IMAGE, p, []));
     return answer(deps, reply, run, p.response_format ?? 'b64_json');

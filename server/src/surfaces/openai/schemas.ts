@@ -1,6 +1,16 @@
 // OpenAI's image request fields as its SDK sends them (multipart fields arrive as strings, hence coerce).
 import { z } from 'zod';
-import { INPUT_LIMITS } from '../../runs/limits.ts';
+import { INPUT_LIMITS, inputFields } from '../../runs/limits.ts';
+
+/** Multipart fields arrive as text: a JSON array there, an array in a JSON body. */
+const jsonText = (v: unknown) => {
+  if (typeof v !== 'string') return v;
+  try {
+    return JSON.parse(v);
+  } catch {
+    return v;
+  }
+};
 
 export const OpenAiParamsSchema = z.strictObject({
   prompt: z.string().trim().min(1, 'must not be empty').max(INPUT_LIMITS.maxPromptChars),
@@ -14,6 +24,10 @@ export const OpenAiParamsSchema = z.strictObject({
   output_compression: z.coerce.number().int().min(1).max(100).optional(),
   seed: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
   num_inference_steps: z.coerce.number().int().min(1).max(INPUT_LIMITS.maxSteps).optional(),
+  guidance_scale: z.coerce.number().min(INPUT_LIMITS.minGuidance).max(INPUT_LIMITS.maxGuidance).optional()
+    .describe('base checkpoints only; a distilled checkpoint refuses anything but 1 (422)'),
+  negative_prompt: inputFields.negativePrompt().optional().describe('base checkpoints with guidance_scale above 1'),
+  loras: z.preprocess(jsonText, inputFields.loras()).optional().describe('[{path, scale}] (in multipart: that array as JSON text)'),
   // Sent by the openai SDK and by habit; accepted and not used (there is one model here).
   model: z.string().optional(),
   user: z.string().optional(),
@@ -21,3 +35,44 @@ export const OpenAiParamsSchema = z.strictObject({
   style: z.string().optional(),
 });
 export type OpenAiParams = z.infer<typeof OpenAiParamsSchema>;
+
+/** The JSON Schema of the request fields, for the OpenAPI document (the routes parse the bodies themselves). */
+export const openAiParamsJsonSchema = (): Record<string, any> => {
+  const { $schema: _, ...schema } = z.toJSONSchema(OpenAiParamsSchema, { io: 'input', unrepresentable: 'any' }) as Record<string, any>;
+  return schema;
+};
+
+export const ImagesResponseSchema = z
+  .object({
+    created: z.int().describe('Unix seconds when the run was created'),
+    data: z.array(z.object({ b64_json: z.string().optional(), url: z.string().optional() })),
+    output_format: z.string().optional(),
+    size: z.string().optional().describe('WxH of the outputs'),
+    seed: z.number().optional(),
+    timings: z.record(z.string(), z.number()).optional().describe("The run's stage timings in ms"),
+  })
+  .meta({ id: 'ImagesResponse' });
+
+export const ModelSchema = z
+  .object({ id: z.string(), object: z.literal('model'), created: z.int(), owned_by: z.string() })
+  .meta({ id: 'Model' });
+
+export const ModelListSchema = z.object({ object: z.literal('list'), data: z.array(ModelSchema) }).meta({ id: 'ModelList' });
+
+export const ModelParamsSchema = z.object({ model: z.string().max(200) });
+
+/** OpenAI's error object, sent next to the contract's {code, message, errors} so both kinds of client read it. */
+export const OPENAI_ERROR_JSON_SCHEMA = {
+  type: 'object',
+  required: ['code', 'message', 'errors', 'error'],
+  properties: {
+    code: { type: 'string' },
+    message: { type: 'string' },
+    errors: { type: 'array', items: { type: 'object', properties: { field: { type: 'string' }, reason: { type: 'string' } } } },
+    error: {
+      type: 'object',
+      required: ['message', 'type', 'param', 'code'],
+      properties: { message: { type: 'string' }, type: { type: 'string' }, param: { type: ['string', 'null'] }, code: { type: ['string', 'null'] } },
+    },
+  },
+};

@@ -28,6 +28,17 @@ export const ALIAS_FIELDS = {
     .optional()
     .describe('with aspect_ratio: output area in megapixels (default 1)'),
   sync_mode: z.boolean().optional().describe('answer only when done, with outputs as data URIs'),
+  // Whether outputs are checked is the operator's setting (--safety-checker); a request may only turn an
+  // active checker off, and only where the operator allows it (--allow-safety-opt-out), else a 422.
+  enable_safety_checker: z.boolean().optional().describe('false: skip the operator\'s safety checker for this run (422 unless the server allows opting out)'),
+  disable_safety_checker: z.boolean().optional().describe('Replicate\'s inverse of enable_safety_checker'),
+  // Honoured by base checkpoints; a distilled checkpoint (klein 4B/9B) refuses anything but 1 with a 422.
+  guidance_scale: inputFields
+    .guidanceScale()
+    .optional()
+    .describe('classifier-free guidance (base checkpoints: 1-20, default 4); distilled checkpoints take none: a value other than 1 is a 422'),
+  negative_prompt: inputFields.negativePrompt().optional().describe('base checkpoints with guidance_scale above 1; refused (422) elsewhere'),
+  loras: inputFields.loras().optional().describe(`up to ${INPUT_LIMITS.maxLoras} LoRA adapters applied to this run only`),
 };
 
 /** image_size accepts a fal preset name as well as {width, height}. */
@@ -49,7 +60,7 @@ export interface AliasInput {
 }
 
 export interface ResolvedAliases {
-  steps: number;
+  steps: number | undefined;
   num_images: number;
   width: number | null;
   height: number | null;
@@ -66,7 +77,8 @@ export function resolveAliases(input: AliasInput): ResolvedAliases {
   }
   // match_input_image: leave the size to the engine, which follows the first reference (capped at its ref pixel limit).
   return {
-    steps: input.steps ?? input.num_inference_steps ?? INPUT_LIMITS.defaultSteps,
+    // Absent: the loaded checkpoint's default (runs/model-facts.ts).
+    steps: input.steps ?? input.num_inference_steps,
     num_images: input.num_images ?? 1,
     width: size?.width ?? null,
     height: size?.height ?? null,

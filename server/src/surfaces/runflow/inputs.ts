@@ -7,6 +7,12 @@ import type { CreateRunBody, TextToImageBody } from './schemas.ts';
 
 type AnyInput = CreateRunBody['input'] | TextToImageBody['input'];
 
+function safetyChecker(input: { enable_safety_checker?: boolean; disable_safety_checker?: boolean }): { safety_checker?: boolean } {
+  if (input.enable_safety_checker !== undefined) return { safety_checker: input.enable_safety_checker };
+  if (input.disable_safety_checker !== undefined) return { safety_checker: !input.disable_safety_checker };
+  return {};
+}
+
 export function toRunRequest(modelId: string, body: CreateRunBody | TextToImageBody): RunRequest {
   const input: AnyInput = body.input;
   const a = resolveAliases(input);
@@ -22,6 +28,10 @@ export function toRunRequest(modelId: string, body: CreateRunBody | TextToImageB
       width: a.width,
       height: a.height,
       num_images: a.num_images,
+      ...(input.guidance_scale !== undefined ? { guidance_scale: input.guidance_scale } : {}),
+      ...(input.negative_prompt ? { negative_prompt: input.negative_prompt } : {}),
+      ...safetyChecker(input),
+      ...(input.loras?.length ? { loras: input.loras } : {}),
     },
     callback_url: body.callback_url ?? null,
     metadata: body.metadata ?? null,

@@ -47,7 +47,7 @@ export const legacyRoutes: FastifyPluginAsyncZod<SurfaceDeps> = async (app, { ru
           images: run.output.images.map((img) => ({ url: outputUrl(baseUrl(), img.key), content_type: img.content_type, width: img.width, height: img.height })),
           seed: run.output.seed,
           prompt: run.input.prompt,
-          has_nsfw_concepts: run.output.images.map(() => false),
+          has_nsfw_concepts: run.output.images.map((img) => img.nsfw === true),
           timings: run.output.timing as Record<string, number>,
         };
       },

@@ -1,6 +1,7 @@
 // The service's run -> Runflow's run object and callback envelope. Inline images are summarised, never
 // echoed back as megabytes.
 import { outputUrl } from '../../http/outputs.ts';
+import { failureField } from '../../runs/failure.ts';
 import { inputUrl } from '../../runs/references.ts';
 import type { RunRecord } from '../../runs/types.ts';
 
@@ -25,6 +26,10 @@ export function toRunObject(run: RunRecord, baseUrl: string, cost = 0) {
       output_format: input.output_format,
       output_quality: input.output_quality,
       ...(input.width !== null ? { width: input.width, height: input.height } : {}),
+      ...(input.guidance_scale !== undefined ? { guidance_scale: input.guidance_scale } : {}),
+      ...(input.negative_prompt ? { negative_prompt: input.negative_prompt } : {}),
+      ...(input.safety_checker !== undefined ? { enable_safety_checker: input.safety_checker } : {}),
+      ...(input.loras ? { loras: input.loras } : {}),
     },
     output: run.output && {
       outputs: run.output.images.map((img) => ({
@@ -36,7 +41,7 @@ export function toRunObject(run: RunRecord, baseUrl: string, cost = 0) {
       })),
       seed: run.output.seed,
       timing: run.output.timing as Record<string, number>,
-      nsfw_detected: false,
+      nsfw_detected: run.output.images.some((img) => img.nsfw === true),
     },
     metadata: run.metadata,
     client_ref: run.client_ref,
@@ -49,7 +54,7 @@ export function toRunObject(run: RunRecord, baseUrl: string, cost = 0) {
     failure_code: failed ? run.failure_code : null,
     failure_message: failed ? run.failure_message : null,
     failure_stage_code: failed ? run.failure_stage_code : null,
-    error: failed ? { code: run.failure_code ?? 'INTERNAL', message: run.failure_message ?? 'run failed' } : null,
+    error: failed ? { code: run.failure_code ?? 'INTERNAL', message: run.failure_message ?? 'run failed', ...failureField(run) } : null,
     links: {
       self: `${baseUrl}/v1/runs/${run.id}`,
       cancel: `${baseUrl}/v1/admin/runs/${run.id}/cancellation`,

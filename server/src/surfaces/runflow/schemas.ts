@@ -21,7 +21,7 @@ export const EditInputSchema = z
       .min(1, 'needs at least 1 image')
       .max(INPUT_LIMITS.maxImages, `takes at most ${INPUT_LIMITS.maxImages} images`),
     seed: inputFields.seed().optional().describe('random when absent; the run reports it'),
-    steps: inputFields.steps().optional().describe(`denoising steps, default ${INPUT_LIMITS.defaultSteps}`),
+    steps: inputFields.steps().optional().describe('denoising steps; default: the checkpoint\'s (4 distilled, 50 base), at most its max_steps'),
     output_format: inputFields.outputFormat().optional().describe('default jpeg'),
     output_quality: inputFields.outputQuality().optional().describe(`JPEG/WebP quality, default ${INPUT_LIMITS.defaultOutputQuality}`),
     width: inputFields.side().optional(),
@@ -143,7 +143,9 @@ export const RunObjectSchema = z
         outputs: z.array(OutputImageSchema),
         seed: z.number(),
         timing: z.record(z.string(), z.number()),
-        nsfw_detected: z.boolean(),
+        nsfw_detected: z
+          .boolean()
+          .describe('the operator\'s safety checker (--safety-checker) flagged an output; always false when the server runs no checker, because nothing is checked'),
       })
       .nullable(),
     metadata: z.record(z.string(), z.unknown()).nullable(),
@@ -157,7 +159,14 @@ export const RunObjectSchema = z
     failure_code: z.string().nullable(),
     failure_message: z.string().nullable(),
     failure_stage_code: z.string().nullable(),
-    error: z.object({ code: z.string(), message: z.string() }).nullable(),
+    error: z
+      .object({
+        code: z.string(),
+        message: z.string(),
+        field: z.string().optional().describe('the request field a late refusal names (e.g. input.loras[0].path)'),
+        reason: z.string().optional(),
+      })
+      .nullable(),
     links: z.record(z.string(), z.string()),
   })
   .meta({ id: 'Run' });
