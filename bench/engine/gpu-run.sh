@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The engine's GPU measurements in stages that each fit one device-tool command (at most 8 minutes each):
 #
-#   smoke  ~1 min   engine tests (parity, fast path) with the machine's own torch, then the tiny model on the GPU,
+#   smoke  1-3 min  engine tests (parity, fast path) with the machine's own torch, then the tiny model on the GPU,
 #                   eager and compiled, on one case (bench/engine/smoke.py). A failed smoke stops later stages.
 #   1      ~5 min   (a) 1024² edit 1 ref and (c) 1024² text-to-image: kleinserve vs diffusers eager bf16, profile of (a)
 #   2      ~7 min   (b) 1024² 4 refs, (d) 512² 8 concurrent (batched, alone, deterministic), batch sweep, ablation
 #   3      ~7 min   fp8 (a) beside bf16 (a) with the per-step fp8 error; time to ready on the 1024² bucket only
 #
 # usage: bash bench/engine/gpu-run.sh STAGE [STAGE...]     e.g. `smoke 1` in one command, then `2`, then `3`
+# One command never runs past KLEINSERVE_GPU_RUN_BUDGET_S (570 s): a stage that would is cut short (its finished
+# cases are on file) and the stages after it are skipped, so a 600 s device command always returns its files.
 # Results: JSON + markdown written after every case into $OUT (the device tool's folder; bench/results without
 # it), named engine-<card>-<stage>.{json,md}, plus one gpu-run.log: at most 7 files for `smoke 1 2`, within the
 # tool's 8. The wheels the GPU image lacks (.whl/, from bench/engine/fetch-wheels.sh) go to a scratch
@@ -33,11 +35,22 @@ done
 
 # Seconds each step may take on the GPU machine; the CPU dry run is slower and gets SCALE times as long.
 SCALE=$([ "$DEVICE" = cuda ] && echo 1 || echo "${KLEINSERVE_BENCH_TIME_SCALE:-10}")
+# The device tool kills a command at its timeout (600 s at most) and returns what $OUT holds by then; every stage
+# gets at most what is left of this budget, so the command always ends by itself with its files written.
+START=$(date +%s)
+BUDGET=$(( ${KLEINSERVE_GPU_RUN_BUDGET_S:-570} * SCALE ))
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 log() { echo "[gpu-run $(date -u +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
 # Runs a command with a time limit, its output into the log too; the limit keeps a stage inside its command.
 limited() {
-  local secs=$(( $1 * SCALE )); shift
-  timeout -k 15 "$secs" "$@" 2>&1 | tee -a "$LOG"
+  local secs=$(( $1 * SCALE )) remaining; shift
+  remaining=$(( $(left) - 20 ))
+  if [ "$remaining" -lt 30 ]; then
+    log "skipped (command budget spent): $*"
+    return 124
+  fi
+  [ "$secs" -le "$remaining" ] || secs=$remaining
+  timeout -k 10 "$secs" "$@" 2>&1 | tee -a "$LOG"
   return "${PIPESTATUS[0]}"
 }
 
@@ -83,20 +96,20 @@ for stage in "$@"; do
   case $stage in
     smoke)
       if [ "$DEVICE" = cuda ]; then
-        (cd engine && limited 110 "$PY" -m pytest -q -p no:cacheprovider tests/test_parity.py tests/test_fastpath.py)
+        (cd engine && limited 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_parity.py tests/test_fastpath.py)
       else  # the CPU suite runs these tests itself; the dry run only checks that they are found
         (cd engine && limited 110 "$PY" -m pytest -q -p no:cacheprovider --collect-only tests/test_parity.py tests/test_fastpath.py)
       fi
       rc=$?
       log "engine tests exit status $rc"
-      if ! limited 150 "$PY" bench/engine/smoke.py --device "$DEVICE" --backend "$SMOKE_BACKEND" --pytest-rc "$rc" --out "$OUTDIR"; then
+      if ! limited 120 "$PY" bench/engine/smoke.py --device "$DEVICE" --backend "$SMOKE_BACKEND" --pytest-rc "$rc" --out "$OUTDIR"; then
         log "smoke FAILED: the engine does not run here; later stages skipped"
         status=1
         break
       fi
       ;;
     1)
-      limited 420 "$PY" bench/engine/bench.py "${BENCH[@]}" --cases a,c --profile a --tag stage1 --out "$OUTDIR" || status=1
+      limited 400 "$PY" bench/engine/bench.py "${BENCH[@]}" --cases a,c --profile a --tag stage1 --out "$OUTDIR" || status=1
       ;;
     2)
       limited 470 "$PY" bench/engine/bench.py "${BENCH[@]}" --cases b,d --batch-sweep --deterministic-cost --ablation \
