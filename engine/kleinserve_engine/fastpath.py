@@ -221,7 +221,9 @@ def make_deterministic(on: bool = True) -> None:
 
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on, warn_only=True)
+    # off restores torch's defaults exactly (warn_only too): compiled graphs guard on this state, and a leftover
+    # warn_only would recompile every block once more
+    torch.use_deterministic_algorithms(on, warn_only=on)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = False
 

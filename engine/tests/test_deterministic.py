@@ -84,3 +84,4 @@ def test_the_engine_flag_batches_nothing_and_turns_on_torch_determinism():
     finally:
         make_deterministic(False)
     assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()  # the defaults again: no recompile after
