@@ -27,7 +27,6 @@ function toRunRequest(body: BflRequest): RunRequest {
       prompt: body.prompt,
       images,
       seed: body.seed,
-      steps: INPUT_LIMITS.defaultSteps,
       output_format: body.output_format ?? 'jpeg',
       output_quality: INPUT_LIMITS.defaultOutputQuality,
       width: body.width ?? null,

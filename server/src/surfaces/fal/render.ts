@@ -57,7 +57,7 @@ export function resultBody(run: RunRecord, base: string, bytes?: Buffer[]) {
     timings: Object.fromEntries(
       Object.entries({ inference: out.timing.engine_total_ms, total: out.timing.total_ms }).flatMap(([k, ms]) => (typeof ms === 'number' ? [[k, ms / 1000]] : [])),
     ),
-    has_nsfw_concepts: out.images.map(() => false),
+    has_nsfw_concepts: out.images.map((img) => img.nsfw === true),
     prompt: run.input.prompt,
   };
 }

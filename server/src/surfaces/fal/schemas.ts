@@ -14,11 +14,13 @@ export const FalImageSizeSchema = z.union([
 const common = {
   prompt: inputFields.prompt(),
   image_size: FalImageSizeSchema.optional().describe('preset (square_hd, landscape_16_9, ...) or {width, height}'),
-  num_inference_steps: inputFields.steps().optional().describe(`default ${INPUT_LIMITS.defaultSteps}`),
+  num_inference_steps: inputFields.steps().optional().describe("default: the checkpoint's (4 distilled, 50 base)"),
   num_images: inputFields.outputs().optional().describe('outputs of this one request, batched by the engine'),
   seed: inputFields.seed().optional(),
   output_format: inputFields.outputFormat().optional().describe('default png'),
-  enable_safety_checker: z.boolean().optional().describe("recorded; whether outputs are checked is the operator's engine setting"),
+  enable_safety_checker: z.boolean().optional().describe("false: skip the operator's safety checker (422 unless the server allows opting out)"),
+  guidance_scale: inputFields.guidanceScale().optional().describe('base checkpoints only; a distilled checkpoint refuses anything but 1 (422)'),
+  loras: inputFields.loras().optional().describe(`up to ${INPUT_LIMITS.maxLoras} LoRAs {path, scale}: HF repo id, URL or adapters-dir name`),
   sync_mode: z.boolean().optional().describe('outputs as data URIs; on the synchronous route nothing is kept once answered'),
 };
 

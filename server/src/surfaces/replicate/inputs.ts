@@ -33,7 +33,6 @@ export function toRunRequest(body: PredictionBody): RunRequest {
       prompt: input.prompt,
       images,
       seed: input.seed,
-      steps: INPUT_LIMITS.defaultSteps,
       output_format: input.output_format === 'jpg' || !input.output_format ? 'jpeg' : input.output_format,
       output_quality: Math.max(1, input.output_quality ?? INPUT_LIMITS.defaultOutputQuality),
       width: size?.width ?? null,

@@ -36,7 +36,7 @@ export const ReplicateInputSchema = z
     output_quality: z.int().min(0).max(100).optional().describe('default 95; 0 is stored as 1, the lowest the encoder takes'),
     seed: inputFields.seed().optional(),
     go_fast: z.boolean().optional().describe('accepted; the engine always runs its fastest configuration'),
-    disable_safety_checker: z.boolean().optional().describe("recorded; whether outputs are checked is the operator's engine setting"),
+    disable_safety_checker: z.boolean().optional().describe("true: skip the operator's safety checker (422 unless the server allows opting out)"),
   })
   .superRefine((v, ctx) => {
     if (v.aspect_ratio === 'match_input_image' && !v.images?.length) {

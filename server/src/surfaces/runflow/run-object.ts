@@ -69,14 +69,16 @@ const EVENTS = { succeeded: 'run.completed', failed: 'run.failed', canceled: 'ru
 /** The callback envelope of the contract, serialised once so every retry sends (and signs) the same bytes. */
 export function callbackEnvelope(run: RunRecord, baseUrl: string): { event: string; body: string } {
   const obj = toRunObject(run, baseUrl);
+  // The contract's error envelope is {code, message} (the message names the field); the run object adds field/reason.
+  const envelopeError = obj.error && { code: obj.error.code, message: obj.error.message };
   const event = EVENTS[run.status as keyof typeof EVENTS] ?? `run.${run.status}`;
   const body = JSON.stringify({
     event,
     run_id: run.id,
     status: run.status,
     // Runflow's run.failed callbacks carry the error envelope where a completed run's outputs would be.
-    output: run.status === 'failed' ? { error: obj.error } : obj.output,
-    error: obj.error,
+    output: run.status === 'failed' ? { error: envelopeError } : obj.output,
+    error: envelopeError,
     duration_ms: obj.duration_ms,
     created_at: obj.created_at,
     completed_at: obj.completed_at,
