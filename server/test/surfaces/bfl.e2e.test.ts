@@ -1,7 +1,10 @@
 // BFL's API against the REAL server + tiny engine, driven as BFL's API reference shows: POST the task with
 // x-key, poll its polling_url (with x-key) until Ready, read result.sample; the webhook (signed with
-// webhook_secret); Pending / Ready / Error / Task not found; BFL-shaped errors naming the field.
+// webhook_secret); Pending / Ready / Error / Task not found; BFL-shaped errors naming the field. The same
+// server also answers the JSON form of OpenAI's images.edits (images: [{image_url}]), sent with the official
+// `openai` package's generic post, as OpenAI's reference shows it (its images.edit helper sends multipart).
 import { createHmac } from 'node:crypto';
+import OpenAI from 'openai';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { callbackReceiver, imageHost } from '../helpers/receivers.ts';
@@ -98,5 +101,29 @@ describe('BFL, as its API reference drives it', () => {
     const anon = await fetch(`${server.url}/v1/flux-2-klein-4b`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-key': 'wrong_key' }, body: '{"prompt":"x"}' });
     expect(anon.status).toBe(401);
     expect((await anon.json()).detail).toBe('invalid API key');
+  });
+});
+
+describe('OpenAI images.edits, JSON form', () => {
+  it('images: [{image_url}] edits like the multipart form; errors name images[i].image_url', async () => {
+    const openai = new OpenAI({ apiKey: KEY, baseURL: `${server.url}/v1` });
+    const res: any = await openai.post('/images/edits', {
+      body: {
+        model: 'black-forest-labs/flux-2-klein-4b',
+        prompt: 'make it blue',
+        images: [{ image_url: `data:image/jpeg;base64,${jpeg.toString('base64')}` }, { image_url: `http://127.0.0.1:${host.port}/ref.png` }],
+        num_inference_steps: 1,
+        output_format: 'png',
+      },
+    });
+    const meta = await sharp(Buffer.from(res.data[0].b64_json, 'base64')).metadata();
+    expect([meta.format, meta.width, meta.height]).toEqual(['png', 96, 64]);
+
+    const bad = await openai.post('/images/edits', { body: { prompt: 'x', images: [{ image_url: 'not an image' }] } }).catch((e) => e);
+    expect(bad.status).toBe(422);
+    expect(bad.error.param).toBe('images[0].image_url');
+    const fileId = await openai.post('/images/edits', { body: { prompt: 'x', images: [{ file_id: 'file_1' }] } }).catch((e) => e);
+    expect(fileId.status).toBe(422);
+    expect(fileId.error.param).toBe('images[0].file_id');
   });
 });

@@ -87,6 +87,31 @@ async function readEditForm(req: FastifyRequest): Promise<{ params: Record<strin
   return { params, images };
 }
 
+async function readMultipart(req: FastifyRequest, reply: FastifyReply): Promise<{ params: Record<string, unknown>; images: string[] }> {
+  // The JSON body limit holds for the stream too: 413 as soon as it is crossed, never read whole.
+  const limit = limitUpload(req, reply);
+  return Promise.race([readEditForm(req), limit.exceeded]).finally(limit.stop);
+}
+
+const isJsonObject = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v) && !Buffer.isBuffer(v);
+
+/** The JSON form of images.edit: `images: [{image_url}]` (a URL or a data: URI each), the other fields as in multipart. */
+function readEditJson(body: Record<string, unknown>): { params: Record<string, unknown>; images: string[] } {
+  const { images, mask, ...params } = body;
+  if (mask !== undefined) throw invalidInput([{ field: 'mask', reason: 'masks are not supported; describe the edit in the prompt' }]);
+  if (!Array.isArray(images)) throw invalidInput([{ field: 'images', reason: 'give an array of {image_url} objects' }]);
+  const urls = images.map((img, i) => {
+    const field = `images[${i}]`;
+    if (!isJsonObject(img)) throw invalidInput([{ field, reason: 'must be an object {image_url}' }]);
+    if (img.file_id !== undefined) throw invalidInput([{ field: `${field}.file_id`, reason: 'file ids are not supported here; give image_url (a URL or a data: URI)' }]);
+    if (typeof img.image_url !== 'string' || !img.image_url) throw invalidInput([{ field: `${field}.image_url`, reason: 'required: a URL or a data: URI' }]);
+    const unknown = Object.keys(img).filter((k) => k !== 'image_url');
+    if (unknown.length) throw invalidInput(unknown.map((k) => ({ field: `${field}.${k}`, reason: 'unknown field' })));
+    return img.image_url;
+  });
+  return { params, images: urls };
+}
+
 async function readParts(req: FastifyRequest, params: Record<string, unknown>, images: string[]): Promise<void> {
   for await (const part of req.parts()) {
     const name = part.fieldname.replace(/\[\]$/, '');
@@ -153,9 +178,9 @@ const STARTED = Math.floor(Date.now() / 1000);
 const MODELS = [MODEL_EDIT, MODEL_TEXT_TO_IMAGE].map((id) => ({ id, object: 'model' as const, created: STARTED, owned_by: id.split('/')[0] }));
 
 /** Intake names fields after the run input; name them after what the OpenAI caller sent. */
-function renameFields(err: unknown): unknown {
+function renameFields(err: unknown, imageField = 'image[$1]'): unknown {
   if (!(err instanceof ServiceError) || err.errors.length === 0) return err;
-  const rename = (f: string) => f.replace(/^input\.image_urls\[(\d+)\]/, 'image[$1]').replace(/^input\.steps$/, 'num_inference_steps').replace(/^input\.num_images$/, 'n').replace(/^input\./, '');
+  const rename = (f: string) => f.replace(/^input\.image_urls\[(\d+)\]/, imageField).replace(/^input\.steps$/, 'num_inference_steps').replace(/^input\.num_images$/, 'n').replace(/^input\./, '');
   const errors = err.errors.map((e) => ({ ...e, field: rename(e.field) }));
   return new ServiceError(err.kind, err.code, errors.map((e) => `${e.field}: ${e.reason}`).join('; '), errors, err.retryAfterSeconds);
 }
@@ -201,9 +226,9 @@ export async function openAiSurface(app: FastifyInstance, deps: SurfaceDeps): Pr
     },
   );
 
-  const submit = async (req: FastifyRequest, request: RunRequest) => {
+  const submit = async (req: FastifyRequest, request: RunRequest, imageField?: string) => {
     const { run } = await deps.runs.submit(callerOf(req), request, { idempotencyKey: idempotencyKeyHeader(req) }).catch((e) => {
-      throw renameFields(e);
+      throw renameFields(e, imageField);
     });
     return run;
   };
@@ -213,10 +238,25 @@ export async function openAiSurface(app: FastifyInstance, deps: SurfaceDeps): Pr
   const params = openAiParamsJsonSchema();
   const editDocs = docs({
     operationId: 'createImageEdit',
-    description: `Edits 1-${max} images by a prompt, as OpenAI's images.edit. Multipart: image / image[] files (or url / url[]) and the fields below. Holds until the run ends; the run id is in x-kleinserve-run-id.`,
+    description: `Edits 1-${max} images by a prompt, as OpenAI's images.edit. Multipart: image / image[] files (or url / url[]) and the fields below; or JSON with images: [{image_url}] (URLs or data: URIs). Holds until the run ends; the run id is in x-kleinserve-run-id.`,
     requestBody: {
       required: true,
       content: {
+        'application/json': {
+          schema: {
+            ...params,
+            required: ['prompt', 'images'],
+            properties: {
+              images: {
+                type: 'array',
+                minItems: 1,
+                maxItems: max,
+                items: { type: 'object', required: ['image_url'], additionalProperties: false, properties: { image_url: { type: 'string', description: 'http(s) URL or data: URI' } } },
+              },
+              ...params.properties,
+            },
+          },
+        },
         'multipart/form-data': {
           schema: {
             ...params,
@@ -238,15 +278,15 @@ export async function openAiSurface(app: FastifyInstance, deps: SurfaceDeps): Pr
     ok: 'The images: b64_json or url per response_format',
   });
 
-  app.post('/v1/images/edits', { schema: { summary: 'OpenAI-compatible image edit (multipart)', tags: ['openai'], response: { 200: ImagesResponseSchema } }, config: { ...creates, docs: editDocs } }, async (req, reply) => {
-    if (!req.isMultipart()) throw new ServiceError('unsupported_media_type', 'UNSUPPORTED_MEDIA_TYPE', 'send multipart/form-data with image or image[] files');
-    // The JSON body limit holds for the stream too: 413 as soon as it is crossed, never read whole.
-    const limit = limitUpload(req, reply);
-    const { params, images } = await Promise.race([readEditForm(req), limit.exceeded]).finally(limit.stop);
+  app.post('/v1/images/edits', { schema: { summary: 'OpenAI-compatible image edit (multipart, or JSON with images: [{image_url}])', tags: ['openai'], response: { 200: ImagesResponseSchema } }, config: { ...creates, docs: editDocs } }, async (req, reply) => {
+    if (!req.isMultipart() && !isJsonObject(req.body)) {
+      throw new ServiceError('unsupported_media_type', 'UNSUPPORTED_MEDIA_TYPE', 'send multipart/form-data with image or image[] files, or JSON with images: [{image_url}]');
+    }
+    const { params, images } = isJsonObject(req.body) ? readEditJson(req.body) : await readMultipart(req, reply);
     const p = parseParams(params);
     if (images.length === 0) throw invalidInput([{ field: 'image', reason: `give 1-${max} images as image/image[] files or url/url[]` }]);
     if (images.length > max) throw invalidInput([{ field: 'image', reason: `takes at most ${max} images, got ${images.length}` }]);
-    const run = await submit(req, toRunRequest(MODEL_EDIT, p, images));
+    const run = await submit(req, toRunRequest(MODEL_EDIT, p, images), isJsonObject(req.body) ? 'images[$1].image_url' : undefined);
     return answer(deps, reply, run, p.response_format ?? 'b64_json');
   });
 
