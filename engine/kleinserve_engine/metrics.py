@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 disable_created_metrics()  # *_created series add nothing for a scrape of one process
@@ -26,6 +28,8 @@ class Metrics:
         self.in_flight = Gauge(p + "in_flight", "requests accepted and not yet answered", registry=r)
         self.ready = Gauge(p + "ready", "1 once the model is loaded and warmed up", registry=r)
         self.warmup_seconds = Gauge(p + "warmup_seconds", "time spent loading and warming up", registry=r)
+        # a rise after ready means a request waited on torch.compile (fastpath.py's regional compile should not)
+        self.compiled_graphs = Gauge(p + "compiled_graphs", "torch.compile graphs built by this process", registry=r)
 
     def observe_timings(self, timings_ms: dict) -> None:
         for stage in STAGES:
@@ -38,4 +42,8 @@ class Metrics:
             self.cache_entries.labels(cache.name).set(len(cache))
 
     def render(self) -> bytes:
+        if "torch._dynamo" in sys.modules:  # never import torch here: the loop thread must not block on it
+            from .fastpath import compiled_graphs
+
+            self.compiled_graphs.set(compiled_graphs())
         return generate_latest(self.registry)

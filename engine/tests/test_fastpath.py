@@ -151,3 +151,13 @@ def test_uint8_upload_normalises_exactly_as_the_float_path():
     got = normalise_uint8(torch.from_numpy(np.array(img, dtype=np.uint8)))
     assert torch.equal(got, expected) and got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(upload_image(img, torch.device("cpu"), torch.float32), expected)
+
+
+def test_metrics_report_the_compiled_graph_count():
+    import torch._dynamo  # noqa: F401  (the engine has imported it once a model is loaded)
+
+    from kleinserve_engine.fastpath import compiled_graphs
+    from kleinserve_engine.metrics import Metrics
+
+    text = Metrics().render().decode()
+    assert f"kleinserve_engine_compiled_graphs {float(compiled_graphs())}" in text
