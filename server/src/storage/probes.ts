@@ -25,7 +25,7 @@ export function sqliteProbe(file: string): StorageCheck & { close(): void } {
     name: 'runs',
     async probe() {
       db ??= new Database(file);
-      db.pragma('busy_timeout = 2000');
+      db.pragma('busy_timeout = 5000');
       db.exec('CREATE TABLE IF NOT EXISTS storage_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)');
       db.prepare('INSERT OR REPLACE INTO storage_probe (id, at) VALUES (1, ?)').run(Date.now());
     },
