@@ -365,8 +365,8 @@ def markdown(r) -> str:
         for extra, label in (("unbatched", "same, unbatched (each request alone)"), ("deterministic", "same, every request deterministic (alone)")):
             if extra in case:
                 ub = case[extra]
-                lines.append(f"| ({key}) {label} | {ub['p50_s']:.3f} / {ub['p90_s']:.3f} | | batched throughput "
-                             f"{ub['p50_s'] / ks['p50_s']:.2f}x this | | | | | | {ub.get('peak_gpu_mem_gib', 0):.1f} | |")
+                lines.append(f"| ({key}) {label} | {ub['p50_s']:.3f} / {ub['p90_s']:.3f} | | batched: "
+                             f"{ub['p50_s'] / ks['p50_s']:.2f}x this throughput | | | | | | {ub.get('peak_gpu_mem_gib', 0):.1f} | |")
         if "error" in case:
             lines.append(f"| ({key}) (part failed) | {case['error'][:160]} | | | | | | | | | |")
     if r.get("ablation"):
