@@ -5,7 +5,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { assertSafeKey, type ObjectStore, type StoredKey } from './object-store.ts';
-import { StorageWriteError, type WriteFailureListener } from './write-failure.ts';
+import { keyForLogs, StorageWriteError, type WriteFailureListener } from './write-failure.ts';
 
 const TEMP_SUFFIX = /\.[0-9a-f]{12}\.tmp$/;
 
@@ -56,7 +56,7 @@ export class DiskStore implements ObjectStore {
       } catch {
         // not empty, or never made
       }
-      const failure = new StorageWriteError(key, 'objects', err);
+      const failure = new StorageWriteError(keyForLogs(key), 'objects', err);
       this.onWriteFailure?.(failure);
       throw failure;
     }

@@ -13,7 +13,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { assertSafeKey, type ObjectStore, type StoredKey } from './object-store.ts';
-import { StorageWriteError, type WriteFailureListener } from './write-failure.ts';
+import { keyForLogs, StorageWriteError, type WriteFailureListener } from './write-failure.ts';
 
 export interface S3StoreOptions {
   bucket: string;
@@ -54,7 +54,7 @@ export class S3Store implements ObjectStore {
       await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: bytes, ContentLength: bytes.length }));
     } catch (err) {
       // Anything a PUT meets (quota, 5xx, an unreachable endpoint, denied access) is the storage refusing.
-      const failure = new StorageWriteError(key, 'objects', Object.assign(new Error((err as Error)?.message), { code: s3Code(err) }));
+      const failure = new StorageWriteError(keyForLogs(key), 'objects', Object.assign(new Error((err as Error)?.message), { code: s3Code(err) }));
       this.onWriteFailure?.(failure);
       throw failure;
     }

@@ -68,5 +68,13 @@ export function asStorageWriteError(what: string, store: 'objects' | 'runs', err
   return isStorageFailure(err) ? new StorageWriteError(what, store, err) : err;
 }
 
+/**
+ * An object key as errors and logs may show it: an output's file name is its access token (output URLs
+ * have no other access control), so it is masked.
+ */
+export function keyForLogs(key: string): string {
+  return key.replace(/^(outputs\/[^/]+\/)[0-9a-f]{16,}/, '$1<token>');
+}
+
 /** Called with every storage write failure a store converts; health and metrics listen here. */
 export type WriteFailureListener = (err: StorageWriteError) => void;
