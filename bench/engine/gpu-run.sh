@@ -6,6 +6,7 @@
 #   1      ~5 min   (a) 1024² edit 1 ref and (c) 1024² text-to-image: kleinserve vs diffusers eager bf16, profile of (a)
 #   2      ~7 min   (b) 1024² 4 refs, (d) 512² 8 concurrent (batched, alone, deterministic), batch sweep, ablation
 #   3      ~7 min   fp8 (a) beside bf16 (a) with the per-step fp8 error; time to ready on the 1024² bucket only
+#   lora   ~7 min   per-request LoRA cost at 1024², rank 16 and 64 (bench/engine/lora_bench.py), lora-<card>.{json,md}
 #
 # usage: bash bench/engine/gpu-run.sh STAGE [STAGE...]     e.g. `smoke 1` in one command, then `2`, then `3`
 # One command never runs past KLEINSERVE_GPU_RUN_BUDGET_S (570 s): a stage that would is cut short (its finished
@@ -30,7 +31,7 @@ if [ $# -eq 0 ]; then
   exit 2
 fi
 for stage in "$@"; do
-  case $stage in smoke|1|2|3) ;; *) echo "unknown stage '$stage' (want smoke, 1, 2 or 3)" >&2; exit 2 ;; esac
+  case $stage in smoke|1|2|3|lora) ;; *) echo "unknown stage '$stage' (want smoke, 1, 2, 3 or lora)" >&2; exit 2 ;; esac
 done
 
 # Seconds each step may take on the GPU machine; the CPU dry run is slower and gets SCALE times as long.
@@ -120,6 +121,9 @@ for stage in "$@"; do
       limited 270 "$PY" bench/engine/bench.py "${BENCH[@]}" --cases a --no-diffusers --precision bf16,fp8 --fp8-error \
         --tag stage3 --out "$OUTDIR" || status=1
       limited 200 "$PY" bench/engine/time_to_ready.py "${TTR[@]}" --out "$OUTDIR" || status=1
+      ;;
+    lora)
+      limited 470 "$PY" bench/engine/lora_bench.py "${BENCH[@]}" --out "$OUTDIR" || status=1
       ;;
   esac
   log "stage $stage ends after $(( $(date +%s) - t0 ))s"

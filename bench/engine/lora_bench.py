@@ -173,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--compile", dest="compile", action="store_true", default=None)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--compile-backend", default="inductor", help="aot_eager for a cheap CPU dry run")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
     model = LoadedModel(model_id=report["model"], path=Path("."), device=device, dtype=dtype, tokenizer=tokenizer,
                         text_encoder=cut_text_encoder(lm), transformer=transformer, vae=vae,
                         scheduler_config=dict(tiny.SCHEDULER_CONFIG))
-    fp = FastPathOptions.for_device(device.type, compile=args.compile)
+    fp = FastPathOptions.for_device(device.type, compile=args.compile, compile_backend=args.compile_backend)
     report["compile"] = fp.compile
     engine = Engine(model, EngineOptions(fastpath=fp, prompt_cache_mb=256, ref_cache_mb=512))
     run = Runner(engine, size, device)
