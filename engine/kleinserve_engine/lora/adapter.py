@@ -56,8 +56,8 @@ def parse(data: bytes, index: int, shapes: dict[str, tuple[int, int]], resolver:
             raise ValueError("shorter than a safetensors header")
         metadata = _metadata(data)
         state = load_safetensors(data)
-    except Exception as exc:  # safetensors raises its own error types, json and struct theirs
-        raise InvalidLora(index, "not_a_lora", f"not a safetensors LoRA file ({type(exc).__name__}: {exc})") from None
+    except Exception:  # safetensors raises its own error types, json and struct theirs; none is the caller's business
+        raise InvalidLora(index, "not_a_lora", "not a safetensors file (only .safetensors adapters are read)") from None
     try:
         modules = canonical(state, metadata, resolver)
     except FormatError as exc:
@@ -96,7 +96,8 @@ def read(path: str, index: int, limits: AdapterLimits) -> tuple[bytes, str]:
         with open(path, "rb") as f:
             data = f.read(limits.max_bytes + 1)
     except OSError as exc:
-        raise InvalidLora(index, "unreadable", f"cannot read {path}: {exc.strerror or exc}") from None
+        # the path is the control plane's own (a cache or adapters directory): the message does not repeat it
+        raise InvalidLora(index, "unreadable", f"cannot read the adapter file ({exc.strerror or 'I/O error'})") from None
     if len(data) > limits.max_bytes:  # grew after the stat
         raise InvalidLora(index, "too_large", f"more than {limits.max_bytes} bytes (--lora-max-mb)")
     return data, hashlib.sha256(data).hexdigest()
