@@ -14,7 +14,7 @@ export interface StorageCheck {
 
 export interface StoreState {
   writable: boolean;
-  /** Why the last write failed, while it is failing. */
+  /** Why the last write failed, while it is failing (the kind and code only: health is public). */
   error?: string;
   /** Epoch ms of the last probe or failure that set this state. */
   checked_at: number | null;
@@ -45,7 +45,7 @@ export class StorageHealth {
     this.failures.inc({ store: err.store, kind: err.kind });
     const was = this.states.get(err.store);
     if (was?.writable !== false) this.logger.error({ store: err.store, what: err.what, err: err.message }, 'storage write failed');
-    this.states.set(err.store, { writable: false, error: err.message, checked_at: Date.now() });
+    this.states.set(err.store, { writable: false, error: err.reason, checked_at: Date.now() });
   };
 
   start(checks: StorageCheck[]): void {
@@ -74,7 +74,7 @@ export class StorageHealth {
         } catch (err) {
           // A store that reports its own failures has done so; count the others here.
           if (!(err instanceof StorageWriteError)) this.report(new StorageWriteError('write probe', c.name, err));
-          else this.states.set(c.name, { writable: false, error: err.message, checked_at: Date.now() });
+          else this.states.set(c.name, { writable: false, error: err.reason, checked_at: Date.now() });
         }
       }),
     ).then(

@@ -30,6 +30,12 @@ export class StorageWriteError extends Error {
     this.cause = cause;
   }
 
+  /** What went wrong without naming what (for public answers such as health): `storage is full (ENOSPC)`. */
+  get reason(): string {
+    const code = codeOf(this.cause);
+    return `${this.kind === 'full' ? 'storage is full' : 'storage failed'}${code ? ` (${code})` : ''}`;
+  }
+
   /** The same failure named after what the caller knows it as (an intake field rather than an object key). */
   renamed(what: string): StorageWriteError {
     return new StorageWriteError(what, this.store, this.cause);
@@ -69,11 +75,11 @@ export function asStorageWriteError(what: string, store: 'objects' | 'runs', err
 }
 
 /**
- * An object key as errors and logs may show it: an output's file name is its access token (output URLs
- * have no other access control), so it is masked.
+ * An object key as errors and logs may show it: outputs and uploaded assets are named by their access
+ * token (their URLs have no other access control), so any token-like run of hex digits is masked.
  */
 export function keyForLogs(key: string): string {
-  return key.replace(/^(outputs\/[^/]+\/)[0-9a-f]{16,}/, '$1<token>');
+  return key.replace(/[0-9a-f]{32,}/g, '<token>');
 }
 
 /** Called with every storage write failure a store converts; health and metrics listen here. */
