@@ -38,8 +38,8 @@ export class RunLifecycle {
     return run;
   }
 
-  async claimNext(): Promise<RunRecord | null> {
-    return this.publish(await this.store.claimNext());
+  async claimNext(modelIds?: string[]): Promise<RunRecord | null> {
+    return this.publish(await this.store.claimNext(modelIds));
   }
 
   async markRunning(run: RunRecord): Promise<RunRecord | null> {
@@ -87,7 +87,12 @@ export class RunLifecycle {
   /** After a restart: runs that were in flight when the previous process died go back to the queue. */
   async recover(): Promise<number> {
     const stranded = await this.store.listInFlight();
-    for (const run of stranded) await this.retry(run, 'ENGINE_CRASHED', 'control plane restarted while the run was in flight');
+    for (const run of stranded) {
+      // A start on a full disk still serves: a requeue the store refuses is held and recorded later.
+      await this.retry(run, 'ENGINE_CRASHED', 'control plane restarted while the run was in flight').catch((err) => {
+        if (!(err instanceof StorageWriteError)) throw err;
+      });
+    }
     return stranded.length;
   }
 

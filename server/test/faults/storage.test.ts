@@ -122,6 +122,22 @@ describe.skipIf(!vol)('stores on a full disk', () => {
     expect(life.unrecorded.size).toBe(0);
   });
 
+  it('recovering runs left in flight does not fail on a full disk; the requeues are recorded later', async () => {
+    const life = new RunLifecycle(store, new RunEventBus(), { maxAttempts: 3, logger: silent });
+    const r = run();
+    await life.create(r);
+    let claimed = (await life.claimNext())!;
+    while (claimed.id !== r.id) claimed = (await life.claimNext())!;
+    v.fill();
+    // A restart's recovery, with the disk full: it must not throw (the process would not start).
+    const restarted = new RunLifecycle(store, new RunEventBus(), { maxAttempts: 3, logger: silent });
+    expect(await restarted.recover()).toBeGreaterThanOrEqual(1);
+    expect((await store.get(r.id))!.status).toBe('dispatching');
+    v.free();
+    await restarted.unrecorded.retry();
+    expect((await store.get(r.id))!.status).toBe('queued');
+  });
+
   it('the sweeper removes old temp files and files of runs without a record, and nothing else', async () => {
     const dir = tmpDir('ks-orphans-');
     const disk = new DiskStore(path.join(dir, 'objects'));
