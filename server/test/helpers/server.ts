@@ -29,6 +29,8 @@ export interface StartOptions {
   apiKeys?: string[];
   env?: Record<string, string>;
   args?: string[];
+  /** The checkpoint to serve instead of the tiny distilled model. */
+  model?: string;
   /** Wait until /v1/health reports the engine ready (default true). */
   waitReady?: boolean;
 }
@@ -43,7 +45,7 @@ export const tmpDir = (prefix: string) => fs.mkdtempSync(path.join(os.tmpdir(), 
 
 export async function startServer(opts: StartOptions = {}): Promise<ServerHandle> {
   const dataDir = opts.dataDir ?? tmpDir('ks-e2e-');
-  const args = [BIN, 'serve', '--model', tinyModelDir(), '--port', '0', '--data', dataDir, ...(opts.args ?? [])];
+  const args = [BIN, 'serve', '--model', opts.model ?? tinyModelDir(), '--port', '0', '--data', dataDir, ...(opts.args ?? [])];
   for (const k of opts.apiKeys ?? []) args.push('--api-key', k);
   const env: Record<string, string | undefined> = { ...process.env, LOG_LEVEL: 'warn', ...opts.env };
   if (!opts.apiKeys) delete env.KLEINSERVE_API_KEYS;

@@ -12,14 +12,25 @@ import { Api, startServer, tinyModelDir, tmpDir, type ServerHandle } from '../he
 vi.setConfig({ testTimeout: 240_000, hookTimeout: 300_000 });
 
 const KEY = 'guidance_key';
-let fx: Record<string, string>;
 let work: string;
+/** A base checkpoint with a blurring checker, and a distilled one with a failing checker that allows opting out. */
+let base: ServerHandle;
+let distilled: ServerHandle;
 
-beforeAll(() => {
+beforeAll(async () => {
   work = tmpDir('ks-guidance-');
-  fx = JSON.parse(execFileSync(PYTHON, [path.join(import.meta.dirname, 'fixtures.py'), tinyModelDir(), work, '--base'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+  const fx = JSON.parse(execFileSync(PYTHON, [path.join(import.meta.dirname, 'fixtures.py'), tinyModelDir(), work, '--base', '--no-loras'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+  // Both start at once: most of a start is waiting on one process or the other.
+  [base, distilled] = await Promise.all([
+    startServer({ apiKeys: [KEY], model: fx.base, args: ['--safety-checker', fx.checker, '--safety-policy', 'blur', '--safety-threshold', '0'] }),
+    startServer({
+      apiKeys: [KEY],
+      args: ['--safety-checker', fx.checker, '--safety-policy', 'fail', '--safety-threshold', '0', '--allow-safety-opt-out'],
+    }),
+  ]);
 });
-afterAll(() => {
+afterAll(async () => {
+  await Promise.all([base?.dispose(), distilled?.dispose()]);
   if (work) fs.rmSync(work, { recursive: true, force: true });
 });
 
@@ -35,12 +46,9 @@ const bytesOf = async (run: any) => Buffer.from(await (await fetch(run.output.ou
 describe('a base checkpoint with a blurring checker', () => {
   let srv: ServerHandle;
   let api: Api;
-  beforeAll(async () => {
-    srv = await startServer({ apiKeys: [KEY], args: ['--model', fx.base, '--safety-checker', fx.checker, '--safety-policy', 'blur', '--safety-threshold', '0'] });
+  beforeAll(() => {
+    srv = base;
     api = new Api(srv.url, KEY);
-  });
-  afterAll(async () => {
-    await srv?.dispose();
   });
 
   it('honours guidance_scale and negative_prompt, and defaults steps to the checkpoint’s', async () => {
@@ -88,17 +96,9 @@ describe('a base checkpoint with a blurring checker', () => {
 });
 
 describe('a distilled checkpoint with a failing checker that allows opting out', () => {
-  let srv: ServerHandle;
   let api: Api;
-  beforeAll(async () => {
-    srv = await startServer({
-      apiKeys: [KEY],
-      args: ['--model', tinyModelDir(), '--safety-checker', fx.checker, '--safety-policy', 'fail', '--safety-threshold', '0', '--allow-safety-opt-out'],
-    });
-    api = new Api(srv.url, KEY);
-  });
-  afterAll(async () => {
-    await srv?.dispose();
+  beforeAll(() => {
+    api = new Api(distilled.url, KEY);
   });
 
   it('fails a flagged run with NSFW_CONTENT, visible to a Prefer: wait caller', async () => {

@@ -3,7 +3,7 @@
 // server, allow-listed like any fetch), each changing the output; every refusal the control plane can know at
 // submit time as a 422 naming input.loras[i]; the engine's own refusal (no module of this model matches) as a
 // failed run naming the same field; a mixed batch; the disk cache in /metrics.
-import { execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -28,10 +28,28 @@ let work: string;
 let image: string;
 const hits: string[] = [];
 
+const run = (cmd: string, args: string[]) =>
+  new Promise<string>((resolve, reject) =>
+    execFile(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 20 }, (err, stdout, stderr) => (err ? reject(new Error(`${cmd} ${args.join(' ')}: ${stderr.slice(-2000)}`)) : resolve(stdout))),
+  );
+
 beforeAll(async () => {
   work = tmpDir('ks-lora-');
-  fx = JSON.parse(execFileSync(PYTHON, [path.join(import.meta.dirname, 'fixtures.py'), tinyModelDir(), work], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+  const checker = path.join(work, 'checker');
+  const loraDir = path.join(work, 'loras');
+  fs.mkdirSync(loraDir);
+  await run(PYTHON, ['-m', 'kleinserve_engine', 'make-tiny-safety-checker', checker]);
+  // The server starts while the LoRA files are written (its adapters directory is read per request).
+  const [made] = await Promise.all([
+    run(PYTHON, [path.join(import.meta.dirname, 'fixtures.py'), tinyModelDir(), work, '--no-checker']),
+    startOrigin(),
+  ]);
+  fx = JSON.parse(made);
+  expect(fx.lora_dir).toBe(loraDir);
   image = dataUri(await testImage(64, 64));
+});
+
+async function startOrigin() {
   const file = (p: string) => fs.readFileSync(p);
   origin = http.createServer((req, res) => {
     hits.push(req.url!);
@@ -60,11 +78,11 @@ beforeAll(async () => {
   base = `http://${PUBLIC}:${(origin.address() as AddressInfo).port}`;
   srv = await startServer({
     apiKeys: [KEY],
-    args: ['--lora-dir', fx.lora_dir, '--lora-max-mb', '1', '--safety-checker', fx.checker, '--safety-threshold', '1.01'],
+    args: ['--lora-dir', path.join(work, 'loras'), '--lora-max-mb', '1', '--safety-checker', path.join(work, 'checker'), '--safety-threshold', '1.01'],
     env: { KLEINSERVE_FETCH_ALLOWLIST: `${PUBLIC}/32`, KLEINSERVE_HF_ENDPOINT: base },
   });
   api = new Api(srv.url, KEY);
-});
+}
 afterAll(async () => {
   await srv?.dispose();
   origin?.close();
