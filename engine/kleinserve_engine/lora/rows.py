@@ -25,46 +25,77 @@ from .formats import Delta
 RowLoras = list[tuple[Adapter, float]]  # one request's adapters and their scales
 
 
+ATTR = "_kleinserve_lora"  # on each hooked Linear: its _Weights for the running batch, or None
+
+
 @dataclass
 class _Weights:
-    down_t: torch.Tensor  # [in, R] shared, or [B, in, R] per row
-    up_t: torch.Tensor  # [R, out] shared, or [B, R, out] per row
+    down_t: torch.Tensor  # [in, R] shared, or [B, in, R] per batch row
+    up_t: torch.Tensor  # [R, out] shared, or [B, R, out] per batch row
     per_row: bool
+    # per-row matrices for the rows of the transformer call (the batch rows, or e.g. guidance's extra rows)
+    down_call: torch.Tensor | None = None
+    up_call: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.down_call, self.up_call = self.down_t, self.up_t
 
 
 class _Plan:
     def __init__(self, weights: dict[str, _Weights], rows: int):
         self.weights = weights
         self.rows = rows
-        self.call_rows: tuple[int, ...] | None = None  # batch row of each transformer-call row, when they differ
-        self._gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.call_rows: tuple[int, ...] = tuple(range(rows))
 
     def keep(self, idx: torch.Tensor) -> None:
         for w in self.weights.values():
             if w.per_row:
                 w.down_t, w.up_t = w.down_t.index_select(0, idx), w.up_t.index_select(0, idx)
+                w.down_call, w.up_call = w.down_t, w.up_t
         self.rows = int(idx.numel())
-        self.call_rows = None
-        self._gathered.clear()
+        self.call_rows = tuple(range(self.rows))
 
     def map_rows(self, call_rows: list[int]) -> None:
         rows = tuple(call_rows)
-        rows = None if rows == tuple(range(self.rows)) else rows
-        if rows != self.call_rows:
-            self.call_rows = rows
-            self._gathered.clear()
+        if rows == self.call_rows:
+            return
+        self.call_rows = rows
+        identity = rows == tuple(range(self.rows))
+        idx = None
+        for w in self.weights.values():
+            if not w.per_row:
+                continue
+            if identity:
+                w.down_call, w.up_call = w.down_t, w.up_t
+                continue
+            if idx is None:
+                idx = torch.tensor(rows, dtype=torch.long, device=w.down_t.device)
+            # e.g. classifier-free guidance appends unconditional rows: each uses its request's adapters
+            w.down_call, w.up_call = w.down_t.index_select(0, idx), w.up_t.index_select(0, idx)
 
-    def per_row(self, name: str, w: _Weights, batch: int):
-        if self.call_rows is None and batch == self.rows:
-            return w.down_t, w.up_t
-        if self.call_rows is None or len(self.call_rows) != batch:
-            raise RuntimeError(f"LoRA layer {name} saw a batch of {batch} rows; the plan has {self.rows} "
-                               f"(call rows {self.call_rows})")
-        # e.g. classifier-free guidance appends unconditional rows: each uses its request's adapters
-        if name not in self._gathered:
-            idx = torch.tensor(self.call_rows, dtype=torch.long, device=w.down_t.device)
-            self._gathered[name] = (w.down_t.index_select(0, idx), w.up_t.index_select(0, idx))
-        return self._gathered[name]
+
+def _apply(module, args, output):
+    """The one forward hook of every LoRA-capable Linear. One function for all layers and no per-layer constant,
+    so the compiled code of a repeated block stays shared between blocks (dynamo guards on what a hook reads)."""
+    w = getattr(module, ATTR, None)
+    if w is None:
+        return None  # output unchanged
+    x = args[0]
+    if x.dtype != w.down_t.dtype:
+        x = x.to(w.down_t.dtype)
+    if w.per_row:
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        delta = torch.bmm(torch.bmm(x3, w.down_call), w.up_call)
+    else:
+        delta = (x @ w.down_t) @ w.up_t
+    return output + delta.reshape(output.shape).to(output.dtype)
+
+
+def _hook(module):
+    """Registers _apply once per module, whatever number of engines share the transformer; the handle, or None."""
+    if any(fn is _apply for fn in module._forward_hooks.values()):
+        return None
+    return module.register_forward_hook(_apply)
 
 
 def _combined(deltas: list[tuple[Delta, float]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +113,6 @@ class RowLora:
         self.store = store
         self.rank_multiple = max(1, rank_multiple)  # pad ranks so compiled graphs see few distinct shapes
         self._plan: _Plan | None = None
-        self._hooks: dict[str, object] = {}  # one hook function per layer, reused across batches
         # torch.compile does not guard on hooks added after a graph was compiled (skip_nnmodule_hook_guards): a hook
         # registered per batch would be silently left out of the compiled blocks. A compiled transformer therefore
         # gets its hooks once, before its first call, on every Linear; with no plan active they return at trace time,
@@ -90,7 +120,9 @@ class RowLora:
         self.persistent = compiled
         if compiled:
             for name in store.shapes:
-                transformer.get_submodule(name).register_forward_hook(self._hook(name))
+                module = transformer.get_submodule(name)
+                setattr(module, ATTR, None)
+                _hook(module)
 
     # -- planning ---------------------------------------------------------------------------------------------
     def plan(self, rows: list[RowLoras]) -> _Plan | None:
@@ -155,30 +187,6 @@ class RowLora:
                                   "so per-projection adapters cannot be applied")
 
     # -- applying ---------------------------------------------------------------------------------------------
-    def _hook(self, name: str):
-        fn = self._hooks.get(name)
-        if fn is None:
-            def fn(module, args, output, name=name):
-                plan = self._plan
-                if plan is None:
-                    return None  # output unchanged
-                w = plan.weights.get(name)
-                if w is None:
-                    return None
-                x = args[0]
-                if x.dtype != w.down_t.dtype:
-                    x = x.to(w.down_t.dtype)
-                if w.per_row:
-                    down_t, up_t = plan.per_row(name, w, x.shape[0])
-                    x3 = x.reshape(x.shape[0], -1, x.shape[-1])
-                    delta = torch.bmm(torch.bmm(x3, down_t), up_t)
-                else:
-                    delta = (x @ w.down_t) @ w.up_t
-                return output + delta.reshape(output.shape).to(output.dtype)
-
-            self._hooks[name] = fn
-        return fn
-
     @contextlib.contextmanager
     def active(self, rows: list[RowLoras]):
         """Adds each row's adapters to the transformer for the duration of the block; nothing when no row has one."""
@@ -186,12 +194,16 @@ class RowLora:
         if plan is None:
             yield
             return
-        handles = [] if self.persistent else [
-            self.transformer.get_submodule(name).register_forward_hook(self._hook(name)) for name in plan.weights]
+        modules = {name: self.transformer.get_submodule(name) for name in plan.weights}
+        handles = [] if self.persistent else [h for h in map(_hook, modules.values()) if h is not None]
+        for name, m in modules.items():
+            setattr(m, ATTR, plan.weights[name])
         self._plan = plan
         try:
             yield
         finally:
+            for m in modules.values():
+                setattr(m, ATTR, None)
             for h in handles:
                 h.remove()
             self._plan = None
