@@ -222,3 +222,29 @@ def test_base_checkpoint_guided_rows_apply_their_adapter_to_both_passes(base_eng
     diff = max_diff(batched[0].pixels[0], (theirs * 255).round().astype(np.uint8))
     print(f"guided LoRA parity with Flux2KleinPipeline: max abs pixel diff {diff}/255")
     assert diff <= 1
+
+
+def test_device_tier_is_bounded_and_counted(engine, tmp_path):
+    """The GPU tier's logic on the meta device (no GPU here): copies cached by hash, bounded in bytes, evicted LRU."""
+    from kleinserve_engine.lora.store import AdapterStore, LoraOptions
+
+    paths = [write(random_lora(engine.model.transformer, rank=4, seed=50 + i), "bfl", tmp_path / f"{i}.safetensors")
+             for i in range(3)]
+    probe = AdapterStore(engine.model.transformer, torch.float32, torch.device("cpu")).adapter(LoraSpec(str(paths[0]), None, 1), 0)
+    store = AdapterStore(engine.model.transformer, torch.float32, torch.device("meta"),
+                         LoraOptions(device_cache_mb=2.5 * probe.nbytes / (1 << 20)))
+    adapters = [store.adapter(LoraSpec(str(p), None, 1.0), 0) for p in paths]
+    first = store.on_model_device(adapters[0])
+    assert all(d.up.device.type == "meta" for d in first.values())
+    # a fused qkv's shared down matrix stays one tensor on the device too
+    assert first["transformer_blocks.0.attn.to_q"].down is first["transformer_blocks.0.attn.to_v"].down
+    assert store.on_model_device(adapters[0]) is first
+    store.on_model_device(adapters[1])
+    store.on_model_device(adapters[2])
+    m = store.metrics
+    assert m.hits.labels("device")._value.get() == 1 and m.misses.labels("device")._value.get() == 3
+    assert m.evictions.labels("device")._value.get() == 1 and len(store.dev) == 2
+    assert m.bytes.labels("device")._value.get() == store.dev.bytes <= 2.5 * probe.nbytes
+    counts = [s.value for metric in m.load_seconds.collect() for s in metric.samples
+              if s.name.endswith("_count") and s.labels.get("stage") == "device"]
+    assert counts == [3]
