@@ -136,7 +136,8 @@ describe('refusals in the preprocess stage (queued run fails, failure_stage_code
       expect(run.failure_code, p).toBe(code);
       expect(run.failure_message, p).toMatch(/^input\.image_urls\[1\]: /);
       expect(run.failure_message, p).toMatch(reason);
-      expect(run.error).toEqual({ code, message: run.failure_message });
+      // The run's error names the field and the reason apart, as a 422 would.
+      expect(run.error).toEqual({ code, message: run.failure_message, field: 'input.image_urls[1]', reason: run.failure_message.slice('input.image_urls[1]: '.length) });
       expect(run.output).toBeNull();
     }
     expect(canaryHits).toEqual([]);
