@@ -55,6 +55,13 @@ def warm(engine, buckets: list[tuple[int, int, int, int]], steps: int = 4) -> fl
                 if isinstance(res, Exception):
                     raise RuntimeError(f"warm-up of {w}x{h} with {n} references, batch {batch} failed: {res}")
         log.info("warmed %dx%d with %d references, batch %d (%.1fs so far)", w, h, n, batch, time.perf_counter() - t0)
+    if buckets and denoiser is not None and denoiser.compiled and hasattr(engine, "adapters"):
+        from .lora.warmup import warm_lora
+
+        # the graphs with adapters (all rows alike, rows mixed); the regional compile shares them across shapes
+        w, h, n, _ = min(buckets, key=lambda b: b[0] * b[1])
+        warm_lora(engine, w, h, [Reference(Image.new("RGB", (w, h), (127, 127, 127)), f"warmup-lora-{i}") for i in range(n)], steps)
+        log.info("warmed the LoRA graphs at %dx%d (%.1fs so far)", w, h, time.perf_counter() - t0)
     # warm-up entries must not crowd real prompts and references out of the caches
     engine.prompt_cache.clear()
     engine.ref_cache.clear()

@@ -248,3 +248,35 @@ def test_device_tier_is_bounded_and_counted(engine, tmp_path):
     counts = [s.value for metric in m.load_seconds.collect() for s in metric.samples
               if s.name.endswith("_count") and s.labels.get("stage") == "device"]
     assert counts == [3]
+
+
+def test_lora_warm_up_runs_both_lora_paths_and_leaves_nothing_behind(engine):
+    from kleinserve_engine.lora.warmup import warm_lora, zero_adapter
+
+    refs = [random_image(64, 64, seed=15)]
+    plain = run(engine, [job(engine, [], refs, prompt="zero", seeds=[8])])[0]
+    zero = job(engine, [], refs, prompt="zero", seeds=[8])
+    zero.loras = [(zero_adapter(engine.adapters, rank=4), 1.0)]
+    assert run(engine, [zero])[0].images[0] == plain.images[0]  # an all-zero adapter adds exact zeros
+    calls = []
+    real = engine.run_batch
+    engine.run_batch = lambda jobs: calls.append([bool(j.loras) for j in jobs]) or real(jobs)
+    try:
+        warm_lora(engine, 64, 64, job(engine, [], refs).refs, steps=1)
+    finally:
+        engine.run_batch = real
+    assert calls == [[True], [True], [True, False], [True, False]]
+    assert len(engine.adapters.host) == 0 and engine.lora._plan is None
+
+
+def test_engine_warm_up_includes_the_lora_graphs_when_compiled(engine, monkeypatch):
+    from kleinserve_engine.warmup import warm
+
+    calls = []
+    real = engine.run_batch
+    monkeypatch.setattr(engine, "run_batch", lambda jobs: calls.append([bool(j.loras) for j in jobs]) or real(jobs))
+    # the eager denoiser posing as a compiled one: what warm() decides is under test, not the compile
+    monkeypatch.setattr(engine.denoiser, "compiled", True)
+    warm(engine, [(64, 64, 1, 1)], steps=1)
+    assert [True] in calls and [True, False] in calls
+    assert calls[0] == [False]  # the buckets first, without adapters
