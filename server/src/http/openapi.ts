@@ -65,7 +65,19 @@ const OPERATIONS: Record<string, RouteDocs> = {
     responses: {
       '200': {
         description: 'A Server-Sent Events stream: `status`, `progress` (one per denoise step) and finally `run` (the run object), then it closes',
-        content: { 'text/event-stream': { schema: { type: 'string', description: 'event: <status|progress|run>\\ndata: <JSON>\\n\\n frames' } } },
+        content: {
+          'text/event-stream': {
+            // Each event as Server-Sent Events parsers (and schemathesis) see it: its name and its JSON data line.
+            schema: {
+              type: 'object',
+              required: ['event', 'data'],
+              properties: {
+                event: { type: 'string', enum: ['status', 'progress', 'run'] },
+                data: { type: 'string', contentMediaType: 'application/json', description: 'status {run_id,status,at}; progress {run_id,step,steps,step_ms,elapsed_ms}; run: the run object' },
+              },
+            },
+          },
+        },
       },
     },
   },

@@ -36,7 +36,7 @@ function run(cmd: string, args: string[]): Promise<{ code: number | null; out: s
   });
 }
 
-it('finds no 5xx and no response or status code that breaks the OpenAPI document', { timeout: 300_000 }, async () => {
+it('finds no 5xx and no response or status code that breaks the OpenAPI document', { timeout: 540_000 }, async () => {
   expect(fs.existsSync(ST), `${ST} missing: run scripts/setup.sh`).toBe(true);
   const reportDir = tmpDir('ks-fuzz-');
   const { code, out } = await run(ST, [
@@ -48,13 +48,18 @@ it('finds no 5xx and no response or status code that breaks the OpenAPI document
     '--seed', process.env.KS_FUZZ_SEED ?? '1',
     '--workers', '1',
     '--request-timeout', '30',
+    // Routes that hold until the run ends (OpenAI's, fal's run, Runflow's flat route) may take as long as the timeout.
+    '--max-response-time', '30',
     '--generation-database', 'none',
     '--no-color',
     '--report', 'junit', '--report-dir', reportDir,
   ]);
   fs.rmSync(reportDir, { recursive: true, force: true });
   expect(code, out.slice(-12_000)).toBe(0);
-  expect(out).toMatch(/Tested: 1\d/); // every operation was reached (13 today)
+  // Every operation in the document was reached.
+  const doc = (await (await fetch(`${server.url}/openapi.json`)).json()) as { paths: Record<string, object> };
+  const operations = Object.values(doc.paths).reduce((n, item) => n + Object.keys(item).length, 0);
+  expect(out).toContain(`Tested: ${operations}`);
   const health = await server.health();
   expect(health.ok).toBe(true);
 });

@@ -126,9 +126,9 @@ export async function use(): Promise<string> {
   const ids: string[] = models.data!.data.map((m) => m.id);
   // @ts-expect-error steps is typed as a number
   await client.POST('/v1/models/black-forest-labs/flux-2-klein-4b/edit/runs', { body: { input: { prompt: 'p', image_urls: ['x'], steps: 'four' } } });
-  const stream: operations['streamRunEvents']['responses'][200]['content']['text/event-stream'] = '';
+  const event: operations['streamRunEvents']['responses'][200]['content']['text/event-stream'] = { event: 'progress', data: '{}' };
   const edit: keyof operations = 'createImageEdit';
-  return run.data!.status_code + ids.join() + stream + edit;
+  return run.data!.status_code + ids.join() + event.data + edit;
 }
 `,
       );

@@ -81,7 +81,9 @@ async function readEditForm(req: FastifyRequest): Promise<{ params: Record<strin
     await readParts(req, params, images);
   } catch (err) {
     // A malformed body (no boundary, truncated part) is the client's error: 400, never a 500 (found by schemathesis).
-    if (err instanceof ServiceError || (err as { statusCode?: number }).statusCode) throw err;
+    // @fastify/multipart answers a part declared JSON that does not parse with 406; it is a malformed body too.
+    const status = (err as { statusCode?: number }).statusCode;
+    if (err instanceof ServiceError || (status && status !== 406)) throw err;
     throw new ServiceError('bad_request', 'BAD_REQUEST', `malformed multipart body: ${(err as Error).message}`);
   }
   return { params, images };
