@@ -22,13 +22,16 @@ or KLEINSERVE_API_KEY (singular).`;
 
 const collect = (value: string, previous: string[] = []) => [...previous, ...value.split(',').map((s) => s.trim()).filter(Boolean)];
 const repeat = (value: string, previous: string[] = []) => [...previous, value];
+/** Commander hands the default (a string) to the first call: a given --model replaces it, later ones add up. */
+const collectModels = (value: string, previous: string | string[]) => collect(value, Array.isArray(previous) ? previous : []);
 
 /** Flags every role that serves the API or drives an engine shares. */
 function roleOptions(cmd: Command, opts: { engine: boolean }): Command {
   const engineOnly = (o: Option) => (opts.engine ? o : o.hideHelp());
   return cmd
-    .addOption(engineOnly(new Option('--model <dir|repo|tiny>', 'diffusers-layout directory, Hugging Face repo id, or "tiny" (random weights: output is noise)')
-      .env('KLEINSERVE_MODEL').default('black-forest-labs/FLUX.2-klein-4B')))
+    .addOption(engineOnly(new Option('--model <[public=]dir|repo|tiny>', 'checkpoint to serve: diffusers-layout directory, Hugging Face repo id, "tiny" or "tiny-base" ' +
+      '(random weights: output is noise); prefix a public id to choose its routes (flux-2-klein-base-4b=/models/base); repeat (serve) for several models, one engine each')
+      .env('KLEINSERVE_MODEL').argParser(collectModels).default('black-forest-labs/FLUX.2-klein-4B')))
     .addOption(new Option('--host <address>', 'address to listen on (loopback unless you open it)').env('KLEINSERVE_HOST').default('127.0.0.1'))
     .addOption(new Option('--port <n>', 'port to listen on; 0 picks a free one').env('PORT').default('8080'))
     .addOption(new Option('--data <dir>', 'data directory: SQLite runs, stored images, engine socket, key hashes').env('KLEINSERVE_DATA').default('.data'))

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { KEY_PATTERN } from './auth/keys.ts';
+import { parseServedModels, type ServedModel } from './models/served.ts';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -19,6 +20,8 @@ const intFrom = (def: number) => z.coerce.number().int().nonnegative().default(d
 export const ConfigSchema = z.object({
   // The real model by default; `--model tiny` is an explicit choice, since its output is noise.
   model: z.string().min(1).default('black-forest-labs/FLUX.2-klein-4B'),
+  /** Every model this process serves (`--model [PUBLIC=]CHECKPOINT`, repeatable); absent: `model` as flux-2-klein-4b. */
+  models: z.array(z.object({ id: z.string().min(1), checkpoint: z.string().min(1) })).min(1).optional(),
   host: z.string().default('127.0.0.1'),
   port: z.coerce.number().int().min(0).max(65535).default(8080),
   dataDir: z.string().min(1),
@@ -67,8 +70,16 @@ export type Config = z.infer<typeof ConfigSchema>;
 export function loadConfig(values: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): Config {
   const list = (s: string | undefined) => (s ? s.split(',').map((x) => x.trim()).filter(Boolean) : []);
   const flagKeys = (values['api-key'] as string[] | undefined) ?? [];
+  const modelSpecs = [values.model ?? list(env.KLEINSERVE_MODEL)].flat().filter((v): v is string => typeof v === 'string' && v !== '');
+  let models: ServedModel[] | undefined;
+  try {
+    models = modelSpecs.length ? parseServedModels(modelSpecs) : undefined;
+  } catch (err) {
+    throw new Error(`invalid configuration:\n  model: ${(err as Error).message}`);
+  }
   const raw = {
-    model: values.model ?? env.KLEINSERVE_MODEL,
+    model: models?.[0].checkpoint,
+    models,
     host: values.host ?? env.KLEINSERVE_HOST,
     port: values.port ?? env.PORT,
     dataDir: path.resolve((values.data as string | undefined) ?? env.KLEINSERVE_DATA ?? '.data'),

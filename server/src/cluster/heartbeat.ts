@@ -1,7 +1,8 @@
 // Worker liveness lives in the worker's own region Redis: one key per worker with a TTL, rewritten every
-// interval. A worker that dies (or loses its Redis) simply stops being counted once the TTL passes.
+// interval; each beat names the model the worker serves. A worker that dies (or loses its Redis) simply stops being counted once the TTL passes.
 import type { Redis } from 'ioredis';
-import type { EngineLimits } from '../engine/limits.ts';
+import type { EngineLimits, ModelFacts } from '../engine/limits.ts';
+import { DEFAULT_MODEL } from '../models/registry.ts';
 
 export const HEARTBEAT_PREFIX = 'kleinserve:worker:';
 
@@ -13,8 +14,15 @@ export interface Heartbeat {
   active: number;
   engine: string;
   limits: EngineLimits;
+  /** The public id of the model this worker serves (registry.ts); absent in older workers' beats: flux-2-klein-4b. */
+  model?: string;
+  /** Its checkpoint's facts once loaded, so api replicas check requests against them at submit time. */
+  model_info?: ModelFacts | null;
   at: number;
 }
+
+/** The model a heartbeat's worker serves. */
+export const modelOf = (hb: Heartbeat): string => hb.model ?? DEFAULT_MODEL;
 
 export class HeartbeatWriter {
   private timer?: NodeJS.Timeout;

@@ -1,9 +1,16 @@
-// Where a new run goes: the home region while it is healthy and has idle engine slots, else the healthy
-// region with the most idle slots, else any healthy region still under its queue limit (home first).
+// Where a new run goes, among the regions with live workers serving its model (their slots and queue are that
+// model's): the home region while it is healthy and has idle engine slots, else the healthy region with the
+// most idle slots, else any healthy region still under its queue limit (home first).
 // When none qualifies: 429 RATE_LIMITED with Retry-After, or (backpressure "queue") park the run unplaced
 // within a global bound until the sweeper can place it.
 import { ServiceError } from '../errors.ts';
-import type { RegionState } from './region-monitor.ts';
+import { DEFAULT_MODEL } from '../models/registry.ts';
+import { forModel, type RegionState } from './region-monitor.ts';
+
+/** Regions as one model's runs see them (states without per-model detail count for every model). */
+export function statesFor(states: RegionState[], model: string): RegionState[] {
+  return states.map((s) => (s.models ? forModel(s, model) : s));
+}
 
 export interface PlacementOptions {
   /** Waiting jobs per region beyond which it takes no new runs. */
@@ -44,7 +51,8 @@ function pick(healthy: RegionState[], extra: Map<string, number>, opts: Placemen
  * replica placed since), and refuses when the cluster is full. The decision itself goes on the run record.
  */
 export class Placement {
-  private extra = new Map<string, number>();
+  /** Runs placed since the last refresh, per model and region. */
+  private extra = new Map<string, Map<string, number>>();
   /**
    * Unfinished runs cluster-wide, as of the last sweep plus what this replica admitted since. Other replicas'
    * admissions show up at the next sweep, so N replicas can overshoot the global bound by what they admit
@@ -63,14 +71,22 @@ export class Placement {
     this.unfinished = unfinished;
   }
 
-  /** The region for one new run; null parks it (backpressure "queue") until the sweeper can place it. */
-  place(): string | null {
-    const region = chooseRegion(this.states(), this.extra, this.opts, true);
+  /**
+   * The region for one new run of `model` (only regions with live workers serving it qualify); null parks it
+   * (backpressure "queue") until the sweeper can place it. A run is never placed where nobody serves its model.
+   */
+  place(model: string = DEFAULT_MODEL): string | null {
+    const states = statesFor(this.states(), model);
+    let extra = this.extra.get(model);
+    if (!extra) this.extra.set(model, (extra = new Map()));
+    const region = chooseRegion(states, extra, this.opts, true);
     if (region) {
-      this.extra.set(region, (this.extra.get(region) ?? 0) + 1);
+      extra.set(region, (extra.get(region) ?? 0) + 1);
       this.unfinished++;
     } else if (this.opts.backpressure !== 'queue' || this.unfinished >= this.opts.globalQueueLimit) {
-      throw new ServiceError('rate_limited', 'RATE_LIMITED', 'every region is at its queue limit or unavailable; retry later', [], this.opts.retryAfterSeconds);
+      const served = states.some((s) => s.reachable && s.workers > 0);
+      const why = served ? `every region serving ${model} is at its queue limit or unavailable` : `no live worker serves ${model} in any region`;
+      throw new ServiceError('rate_limited', 'RATE_LIMITED', `${why}; retry later`, [], this.opts.retryAfterSeconds);
     } else {
       this.unfinished++;
     }

@@ -1,10 +1,12 @@
 // The api's view of every region, refreshed on a timer: is its Redis reachable, how many workers heartbeat,
-// how deep is its queue, how long has its oldest job waited. Health is derived from these three signals.
+// how deep is its queue, how long has its oldest job waited. Health is derived from these three signals, for the
+// region as a whole and per model (each model has its own queue and the workers that serve it).
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { DEFAULT_ENGINE_LIMITS, type EngineLimits } from '../engine/limits.ts';
+import { DEFAULT_ENGINE_LIMITS, type EngineLimits, type ModelFacts } from '../engine/limits.ts';
+import { KLEIN_MODELS } from '../models/registry.ts';
 import { openQueue, type RunJobData } from '../dispatch/bullmq-queue.ts';
-import { readHeartbeats } from './heartbeat.ts';
+import { modelOf, readHeartbeats } from './heartbeat.ts';
 import { producerConnection, withTimeout } from './redis.ts';
 import type { RegionSpec } from './regions.ts';
 
@@ -22,13 +24,36 @@ export interface RegionState {
   active: number;
   oldestWaitMs: number;
   limits: EngineLimits | null;
+  /** The same signals per model (public id), from that model's queue and the workers that serve it. */
+  models?: Record<string, ModelLoad>;
   checkedAt: number;
+}
+
+/** One model's share of a region: its workers, its queue, whether it can take that model's runs. */
+export interface ModelLoad {
+  workers: number;
+  slots: number;
+  waiting: number;
+  active: number;
+  oldestWaitMs: number;
+  healthy: boolean;
+  reason: string | null;
+  limits: EngineLimits | null;
+  model_info: ModelFacts | null;
 }
 
 export interface Region {
   spec: RegionSpec;
   redis: Redis;
-  queue: Queue<RunJobData>;
+  /** One queue per family model; only workers serving a model consume its queue. */
+  queues: ReadonlyMap<string, Queue<RunJobData>>;
+}
+
+/** A region seen by one model's runs: its workers, slots, queue and health are that model's. */
+export function forModel(s: RegionState, model: string): RegionState {
+  const m = s.models?.[model];
+  if (!m) return { ...s, healthy: false, reason: s.reason ?? `no live workers serve ${model}`, workers: 0, slots: 0, waiting: 0, active: 0, oldestWaitMs: 0, limits: null };
+  return { ...s, healthy: s.reachable && m.healthy, reason: s.reachable ? m.reason : s.reason, workers: m.workers, slots: m.slots, waiting: m.waiting, active: m.active, oldestWaitMs: m.oldestWaitMs, limits: m.limits };
 }
 
 export interface MonitorOptions {
@@ -48,7 +73,7 @@ export class RegionMonitor {
   ) {
     this.regions = specs.map((spec) => {
       const redis = producerConnection(spec.redisUrl);
-      return { spec, redis, queue: openQueue(redis) };
+      return { spec, redis, queues: new Map(KLEIN_MODELS.map((m) => [m.id, openQueue(redis, m.id)])) };
     });
     // Until the first check, every region counts as down: nothing is sent blind.
     for (const r of this.regions) this.states.set(r.spec.name, this.down(r, 'not checked yet'));
@@ -77,7 +102,7 @@ export class RegionMonitor {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.regions.map((r) => r.queue.close().catch(() => {})));
+    await Promise.all(this.regions.flatMap((r) => [...r.queues.values()].map((q) => q.close().catch(() => {}))));
     for (const r of this.regions) r.redis.disconnect();
   }
 
@@ -92,16 +117,39 @@ export class RegionMonitor {
   private async probe(r: Region): Promise<RegionState> {
     await untilReady(r.redis, this.opts.checkTimeoutMs);
     await r.redis.ping();
-    const [counts, beats, oldest] = await Promise.all([
-      r.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'),
+    const [queues, beats] = await Promise.all([
+      Promise.all(
+        [...r.queues].map(async ([model, queue]) => {
+          const [counts, oldest] = await Promise.all([queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'), queue.getJobs(['wait'], 0, 0, true)]);
+          return { model, counts, oldest: oldest[0] };
+        }),
+      ),
       readHeartbeats(r.redis).then((all) => all.filter((b) => b.engine !== 'unavailable')),
-      r.queue.getJobs(['wait'], 0, 0, true),
     ]);
     const now = Date.now();
-    const oldestWaitMs = oldest[0] ? Math.max(0, now - oldest[0].timestamp) : 0;
-    const waiting = (counts.waiting ?? 0) + (counts.delayed ?? 0) + (counts.prioritized ?? 0);
-    const reason =
-      beats.length === 0 ? 'no live workers' : oldestWaitMs > this.opts.waitDeadlineMs ? `a job has waited ${oldestWaitMs} ms` : null;
+    const models: Record<string, ModelLoad> = {};
+    for (const { model, counts, oldest } of queues) {
+      const mine = beats.filter((b) => modelOf(b) === model);
+      const oldestWaitMs = oldest ? Math.max(0, now - oldest.timestamp) : 0;
+      const reason =
+        mine.length === 0 ? `no live workers serve ${model}` : oldestWaitMs > this.opts.waitDeadlineMs ? `a ${model} job has waited ${oldestWaitMs} ms` : null;
+      models[model] = {
+        workers: mine.length,
+        slots: mine.reduce((n, b) => n + b.concurrency, 0),
+        waiting: (counts.waiting ?? 0) + (counts.delayed ?? 0) + (counts.prioritized ?? 0),
+        active: counts.active ?? 0,
+        oldestWaitMs,
+        healthy: reason === null,
+        reason,
+        limits: mine[0]?.limits ?? null,
+        model_info: mine.find((b) => b.model_info)?.model_info ?? null,
+      };
+    }
+    const loads = Object.values(models);
+    // A queue that nobody serves only waits (its runs are moved or refused per model); the region is stuck
+    // when one of the models it serves has a job waiting past the deadline.
+    const stuck = loads.find((m) => m.workers > 0 && m.oldestWaitMs > this.opts.waitDeadlineMs);
+    const reason = beats.length === 0 ? 'no live workers' : stuck ? stuck.reason : null;
     return {
       name: r.spec.name,
       home: r === this.regions[0],
@@ -110,10 +158,11 @@ export class RegionMonitor {
       reason,
       workers: beats.length,
       slots: beats.reduce((n, b) => n + b.concurrency, 0),
-      waiting,
-      active: counts.active ?? 0,
-      oldestWaitMs,
+      waiting: loads.reduce((n, m) => n + m.waiting, 0),
+      active: loads.reduce((n, m) => n + m.active, 0),
+      oldestWaitMs: Math.max(0, ...loads.filter((m) => m.workers > 0).map((m) => m.oldestWaitMs)),
       limits: beats[0]?.limits ?? null,
+      models,
       checkedAt: now,
     };
   }
@@ -121,14 +170,26 @@ export class RegionMonitor {
   private down(r: Region, reason: string): RegionState {
     return {
       name: r.spec.name, home: r === this.regions[0], reachable: false, healthy: false, reason,
-      workers: 0, slots: 0, waiting: 0, active: 0, oldestWaitMs: 0, limits: null, checkedAt: Date.now(),
+      workers: 0, slots: 0, waiting: 0, active: 0, oldestWaitMs: 0, limits: null, models: {}, checkedAt: Date.now(),
     };
   }
 
-  /** Engine limits as the workers report them (all workers serve the same model), for intake checks. */
-  limits(): EngineLimits {
-    for (const s of this.states.values()) if (s.limits) return s.limits;
+  /** Engine limits as the workers (of `model`, when given) report them, for intake checks. */
+  limits(model?: string): EngineLimits {
+    for (const s of this.states.values()) {
+      const limits = model ? s.models?.[model]?.limits : s.limits;
+      if (limits) return limits;
+    }
     return DEFAULT_ENGINE_LIMITS;
+  }
+
+  /** A model's checkpoint facts as one of its workers reports them; null while none does. */
+  modelInfo(model: string): ModelFacts | null {
+    for (const s of this.states.values()) {
+      const info = s.models?.[model]?.model_info;
+      if (info) return info;
+    }
+    return null;
   }
 }
 

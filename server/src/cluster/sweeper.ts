@@ -1,4 +1,5 @@
 // Runs on every api replica, every sweep interval, after refreshing region states:
+// Each step is taken per model, over the regions as that model's runs see them (its workers, its queue):
 //  - failover: queued runs (and runs whose worker lease expired) of an unhealthy region move to a healthy one;
 //  - placement: runs parked by backpressure get a region once one has room;
 //  - repair: runs that should be in a queue but are not (an api died between insert and enqueue, a Redis
@@ -8,7 +9,8 @@ import type { Logger } from 'pino';
 import { enqueueRun } from '../dispatch/bullmq-queue.ts';
 import type { PostgresStore } from '../runs/postgres-store.ts';
 import type { ClusterMetrics } from './metrics.ts';
-import { chooseRegion, type Placement, type PlacementOptions } from './placement.ts';
+import { KLEIN_MODELS, runModelIds } from '../models/registry.ts';
+import { chooseRegion, statesFor, type Placement, type PlacementOptions } from './placement.ts';
 import type { RegionMonitor } from './region-monitor.ts';
 import { withTimeout } from './redis.ts';
 
@@ -56,42 +58,46 @@ export class Sweeper {
     if (this.running) return;
     this.running = true;
     try {
-      const states = await this.monitor.refresh();
+      const all = await this.monitor.refresh();
       this.placement.refreshed(await this.store.countUnfinished());
-      const extra = new Map<string, number>();
-      const target = () => chooseRegion(states, extra, this.opts.placement);
-      for (const s of states) {
-        if (!s.healthy) await this.move(s.name, target());
-      }
-      await this.move(null, chooseRegion(states, extra, this.opts.placement, true));
-      for (const s of states) {
-        if (s.reachable) await this.repair(s.name);
+      // Each model on its own: its runs move only between regions whose workers serve it, into its queue.
+      for (const model of KLEIN_MODELS.map((m) => m.id)) {
+        const states = statesFor(all, model);
+        const extra = new Map<string, number>();
+        const target = () => chooseRegion(states, extra, this.opts.placement);
+        for (const s of states) {
+          if (!s.healthy) await this.move(s.name, target(), model);
+        }
+        await this.move(null, chooseRegion(states, extra, this.opts.placement, true), model);
+        for (const s of states) {
+          if (s.reachable) await this.repair(s.name, model);
+        }
       }
     } finally {
       this.running = false;
     }
   }
 
-  private async move(from: string | null, to: string | null): Promise<void> {
+  private async move(from: string | null, to: string | null, model: string): Promise<void> {
     if (!to || from === to) return;
-    const ids = await this.store.moveRuns(from, to, this.opts.batch);
+    const ids = await this.store.moveRuns(from, to, this.opts.batch, runModelIds(model));
     if (!ids.length) return;
     this.metrics.moved.inc({ from: from ?? 'unplaced', to }, ids.length);
-    this.logger.warn({ from, to, runs: ids.length }, from ? 'moved runs out of an unhealthy region' : 'placed parked runs');
-    await this.enqueueAll(to, ids);
+    this.logger.warn({ from, to, model, runs: ids.length }, from ? 'moved runs out of an unhealthy region' : 'placed parked runs');
+    await this.enqueueAll(to, ids, model);
   }
 
-  private async repair(region: string): Promise<void> {
-    const ids = await this.store.staleRuns(region, Date.now() - this.opts.staleMs, this.opts.batch);
-    if (ids.length) await this.enqueueAll(region, ids);
+  private async repair(region: string, model: string): Promise<void> {
+    const ids = await this.store.staleRuns(region, Date.now() - this.opts.staleMs, this.opts.batch, runModelIds(model));
+    if (ids.length) await this.enqueueAll(region, ids, model);
   }
 
-  private async enqueueAll(region: string, ids: string[]): Promise<void> {
-    const r = this.monitor.region(region);
-    if (!r) return;
+  private async enqueueAll(region: string, ids: string[], model: string): Promise<void> {
+    const queue = this.monitor.region(region)?.queues.get(model);
+    if (!queue) return;
     for (const id of ids) {
       try {
-        await withTimeout(enqueueRun(r.queue, id), 2000, 'enqueue');
+        await withTimeout(enqueueRun(queue, id), 2000, 'enqueue');
       } catch (err) {
         this.metrics.enqueueErrors.inc({ region });
         this.logger.warn({ err, region, run_id: id }, 'enqueue failed; the next sweep retries');

@@ -20,6 +20,8 @@ export interface DispatcherDeps {
   logger: Logger;
   metrics?: Metrics;
   concurrency: number;
+  /** The run model_ids this engine serves (registry.runModelIds); absent: every run is its. */
+  models?: string[];
 }
 
 const EXT: Record<string, string> = { 'image/jpeg': 'jpg', 'image/png': 'png', 'image/webp': 'webp' };
@@ -108,7 +110,7 @@ export class LocalDispatcher {
     const { engine, lifecycle } = this.deps;
     if (engine.state === 'unavailable') return this.failAllQueued();
     while (!this.stopping && engine.state === 'ready' && this.active.size < this.deps.concurrency) {
-      const run = await lifecycle.claimNext();
+      const run = await lifecycle.claimNext(this.deps.models);
       if (!run) return;
       const ac = new AbortController();
       this.active.set(run.id, ac);
@@ -124,7 +126,7 @@ export class LocalDispatcher {
 
   private async failAllQueued(): Promise<void> {
     const { lifecycle, engine } = this.deps;
-    for (let run = await lifecycle.claimNext(); run; run = await lifecycle.claimNext()) {
+    for (let run = await lifecycle.claimNext(this.deps.models); run; run = await lifecycle.claimNext(this.deps.models)) {
       await lifecycle.fail(run, 'MODEL_UNAVAILABLE', `the model cannot be loaded: ${engine.status().error}`, 'dispatch');
     }
   }

@@ -1,4 +1,5 @@
-// The worker role's side of cluster mode: BullMQ delivers run ids from the region's queue; Postgres decides who
+// The worker role's side of cluster mode: BullMQ delivers run ids from the region's queue of the worker's model
+// (one queue per model, so only engines that serve a run's model see it); Postgres decides who
 // runs them. For each job: claim the run with a lease (conditional UPDATE + fresh token), hand it to the
 // same LocalDispatcher the embedded role uses (preprocess -> engine -> outputs -> lifecycle), renew the
 // lease while it runs, and return once the run is terminal. Every lifecycle write is fenced by the token,
@@ -15,13 +16,16 @@ import type { PostgresStore } from '../runs/postgres-store.ts';
 import type { RunStore } from '../runs/store.ts';
 import { isTerminal, type RunRecord } from '../runs/types.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
-import { QUEUE_NAME, type RunJobData } from './bullmq-queue.ts';
+import { DEFAULT_MODEL, modelOfRun } from '../models/registry.ts';
+import { queueName, type RunJobData } from './bullmq-queue.ts';
 import { LocalDispatcher } from './local-dispatcher.ts';
 import type { PreprocessDeps } from './preprocess.ts';
 
 export interface RegionConsumerOptions {
   id: string;
   region: string;
+  /** The public id of the model this worker's engine serves: it consumes that model's queue only. */
+  model?: string;
   store: PostgresStore;
   connection: Redis;
   engine: Engine;
@@ -65,6 +69,10 @@ export class RegionConsumer {
     });
   }
 
+  get model(): string {
+    return this.o.model ?? DEFAULT_MODEL;
+  }
+
   get active(): number {
     return this.tokens.size;
   }
@@ -79,7 +87,7 @@ export class RegionConsumer {
       (err) => this.o.logger.warn({ err }, 'postgres listener dropped; reconnecting'),
     );
     this.dispatcher.start();
-    this.worker = new Worker<RunJobData>(QUEUE_NAME, (job) => this.process(job), {
+    this.worker = new Worker<RunJobData>(queueName(this.model), (job) => this.process(job), {
       connection: this.o.connection,
       concurrency: this.o.concurrency,
       lockDuration: this.o.leaseMs,
@@ -107,6 +115,8 @@ export class RegionConsumer {
       const run = await this.o.store.get(id);
       if (!run || isTerminal(run.status)) return 'skipped: terminal or unknown';
       if (run.region !== this.o.region) return `skipped: run now belongs to ${run.region}`;
+      // Never run another model's job (the sweeper enqueues the run again on its own model's queue).
+      if (modelOfRun(run.model_id) !== this.model) return `skipped: run is for ${modelOfRun(run.model_id)}, this worker serves ${this.model}`;
       if (run.status !== 'queued' && (run.lease_until ?? 0) >= Date.now()) {
         // Another holder's lease is still live (BullMQ's lock and our lease expire close together): wait it out.
         await sleep(Math.min(1000, (run.lease_until ?? 0) - Date.now() + 20));

@@ -21,6 +21,8 @@ export interface EngineStatus {
   /** The loaded checkpoint's facts (null while loading, absent where the engine is elsewhere). */
   model_info?: ModelFacts | null;
   safety?: SafetyFacts;
+  /** Each served model's engine, by public id, where this view covers several (or names its one). */
+  models?: Record<string, EngineStatus>;
 }
 
 /** Readiness, limits and metrics: all a role that does not run the model itself needs to know. Emits 'state'. */
@@ -29,6 +31,11 @@ export interface EngineStatusView extends EventEmitter {
   readonly limits: EngineLimits;
   status(): EngineStatus;
   metricsText(): Promise<string>;
+  /**
+   * The view of one served model's engine (a registry id: models/registry.ts), null when this process or
+   * cluster cannot serve it. Absent: one engine serves every run.
+   */
+  forModel?(model: string): EngineStatusView | null;
 }
 
 /** An engine that runs the model: what the dispatcher drives. */

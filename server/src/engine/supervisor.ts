@@ -16,6 +16,9 @@ import {
 } from './client.ts';
 import { ModelUnavailableError, type Engine, type EngineState, type EngineStatus } from './engine.ts';
 import { DEFAULT_ENGINE_LIMITS, type EngineLimits } from './limits.ts';
+import { ModelEngines } from './model-engines.ts';
+import { findModel } from '../models/registry.ts';
+import { servedModels, type ServedModel } from '../models/served.ts';
 
 export interface SupervisorOptions {
   python: string;
@@ -29,34 +32,51 @@ export interface SupervisorOptions {
   extraArgs?: string[];
 }
 
+type LocalEngineConfig = {
+  python: string;
+  model: string;
+  dataDir: string;
+  engineIdleDeadlineMs: number;
+  engineStartupTimeoutMs: number;
+  safetyChecker?: string;
+  safetyPolicy?: string;
+  safetyThreshold?: number;
+  allowSafetyOptOut?: boolean;
+};
+
 /**
  * The engine a `serve` process or a worker runs next to itself. Fixed names in the data dir: a process restarted
  * after kill -9 finds and reaps the engine its previous life left behind (holding GPU memory). One data dir each.
+ * `served`: the checkpoint (default `cfg.model`) and the directory of its socket and pid file (default the data
+ * dir itself); compile caches and tiny models stay in the data dir, shared by every engine of the process.
  */
-export function localEngine(
-  cfg: {
-    python: string;
-    model: string;
-    dataDir: string;
-    engineIdleDeadlineMs: number;
-    engineStartupTimeoutMs: number;
-    safetyChecker?: string;
-    safetyPolicy?: string;
-    safetyThreshold?: number;
-    allowSafetyOptOut?: boolean;
-  },
-  logger: Logger,
-): EngineSupervisor {
+export function localEngine(cfg: LocalEngineConfig, logger: Logger, served: { checkpoint?: string; dir?: string } = {}): EngineSupervisor {
+  const dir = served.dir ?? cfg.dataDir;
+  fs.mkdirSync(dir, { recursive: true });
   return new EngineSupervisor({
     python: cfg.python,
-    model: cfg.model,
-    socketPath: path.join(cfg.dataDir, 'engine.sock'),
-    pidFile: path.join(cfg.dataDir, 'engine.pid'),
+    model: served.checkpoint ?? cfg.model,
+    socketPath: path.join(dir, 'engine.sock'),
+    pidFile: path.join(dir, 'engine.pid'),
     logger,
     idleDeadlineMs: cfg.engineIdleDeadlineMs,
     startupTimeoutMs: cfg.engineStartupTimeoutMs,
     extraArgs: ['--data-dir', cfg.dataDir, ...safetyArgs(cfg)],
   });
+}
+
+/**
+ * One supervised engine per served model. A single model keeps the data dir's own `engine.sock` (as before);
+ * several get `engines/<short id>/` each, so every engine has its own socket, pid file and restart policy.
+ */
+export function localEngines(cfg: LocalEngineConfig & { models?: ServedModel[] }, logger: Logger): ModelEngines {
+  const models = servedModels(cfg);
+  const engines = new Map<string, EngineSupervisor>();
+  for (const m of models) {
+    const dir = models.length === 1 ? cfg.dataDir : path.join(cfg.dataDir, 'engines', findModel(m.id)?.short ?? m.id.replace(/\W+/g, '-'));
+    engines.set(m.id, localEngine(cfg, models.length === 1 ? logger : logger.child({ model: m.id }), { checkpoint: m.checkpoint, dir }));
+  }
+  return new ModelEngines(engines);
 }
 
 /** The operator's safety-checker settings, as the engine's flags (the engine loads and runs the checker). */

@@ -26,6 +26,7 @@ import { isTerminal, type RunRecord } from '../runs/types.ts';
 import { StorageHealth } from '../storage/health.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { callbackBody } from './callback-bodies.ts';
+import { modelOfRun } from '../models/registry.ts';
 import type { PolicyBackends } from './backends.ts';
 
 export type RoleName = 'serve' | 'api' | 'worker';
@@ -148,11 +149,11 @@ export async function buildApiServer(cfg: Config, base: RoleBase, parts: ApiPart
     intake: {
       objects,
       allowlist: base.allowlist,
-      limits: () => engine.limits,
+      limits: (model) => ((model && engine.forModel?.(modelOfRun(model))) || engine).limits,
       maxInputPixels: cfg.maxInputPixels,
       checkCallbacks: true,
       references,
-      facts: () => engine.status(),
+      facts: (model) => ((model && engine.forModel?.(modelOfRun(model))) || engine).status(),
       adapters: parts.adapters,
     },
     assets,

@@ -1,4 +1,4 @@
-// The embedded `serve` role: SQLite runs, local-disk objects, a supervised local engine, one process.
+// The embedded `serve` role: SQLite runs, local-disk objects, a supervised local engine per served model, one process.
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config.ts';
@@ -6,7 +6,10 @@ import { adapterResolverFor } from '../adapters/resolver.ts';
 import { LocalAdmission } from '../dispatch/local-admission.ts';
 import { LocalDispatcher } from '../dispatch/local-dispatcher.ts';
 import type { Engine } from '../engine/engine.ts';
-import { localEngine } from '../engine/supervisor.ts';
+import { ModelEngines } from '../engine/model-engines.ts';
+import { localEngines } from '../engine/supervisor.ts';
+import { runModelIds } from '../models/registry.ts';
+import { servedModels } from '../models/served.ts';
 import { Metrics } from '../metrics.ts';
 import { loadPolicyConfig } from '../policy-config.ts';
 import { RunEventBus } from '../runs/events.ts';
@@ -38,33 +41,44 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
   const lifecycle = new RunLifecycle(store, bus, { maxAttempts: cfg.maxAttempts, logger, callbackBody: base.callbackBody });
   const deliverer = callbackDeliverer(cfg, base, store, bus);
 
-  const engine = opts.engine ?? localEngine(cfg, logger.child({ part: 'engine' }));
+  // One engine per served model; a test's fake engine serves the first (only) model.
+  const engine = opts.engine
+    ? new ModelEngines(new Map([[servedModels(cfg)[0].id, opts.engine]]))
+    : localEngines(cfg, logger.child({ part: 'engine' }));
   const metrics = new Metrics(store, engine, bus);
   const fetch = { allowlist: base.allowlist, timeoutMs: cfg.fetchTimeoutMs, maxBytes: cfg.fetchMaxBytes, maxRedirects: cfg.fetchMaxRedirects };
   // The engine reads adapters from this machine's disk: intake resolves them (422s) and dispatch hands them over.
   const adapters = adapterResolverFor(cfg, fetch, () => engine.limits.max_lora_rank ?? null, metrics.registry);
-  const dispatcher = new LocalDispatcher({
-    lifecycle,
-    engine,
-    objects,
-    logger,
-    metrics,
-    concurrency: Math.max(1, cfg.concurrency),
-    preprocess: {
-      objects,
-      limits: () => engine.limits,
-      maxInputPixels: cfg.maxInputPixels,
-      fetch,
-      adapters,
-    },
-  });
+  // Each engine claims only its model's runs, so a run never reaches another model's engine.
+  const dispatchers = new Map(
+    [...engine.engines].map(([model, modelEngine]) => [
+      model,
+      new LocalDispatcher({
+        lifecycle,
+        engine: modelEngine,
+        objects,
+        logger: engine.engines.size === 1 ? logger : logger.child({ model }),
+        metrics,
+        concurrency: Math.max(1, cfg.concurrency),
+        models: runModelIds(model),
+        preprocess: {
+          objects,
+          limits: () => modelEngine.limits,
+          maxInputPixels: cfg.maxInputPixels,
+          fetch,
+          adapters,
+        },
+      }),
+    ]),
+  );
+  const dispatcher = dispatchers.values().next().value!;
 
   const policy = embeddedPolicy({ cfg: loadPolicyConfig(), dbFile, objects, bus, logger, waitCapSeconds: cfg.waitCapSeconds });
   const { app, runs } = await buildApiServer(cfg, base, {
     lifecycle,
     engine,
     objects,
-    admission: new LocalAdmission(dispatcher),
+    admission: new LocalAdmission(dispatchers),
     policy,
     keys: ring,
     metrics,
@@ -78,7 +92,7 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
     await app.listen({ host: cfg.host, port: cfg.port });
     const port = (app.server.address() as { port: number }).port;
     const url = base.listening(cfg.host, port);
-    dispatcher.start();
+    for (const d of dispatchers.values()) d.start();
     deliverer.start();
     policy.retention.start();
     base.storage.start([objectStoreProbe(objects), probeRuns]);
@@ -86,7 +100,7 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
   };
   const stop = async () => {
     const closing = app.close();
-    await dispatcher.stop(cfg.shutdownGraceMs);
+    await Promise.all([...dispatchers.values()].map((d) => d.stop(cfg.shutdownGraceMs)));
     await Promise.race([closing, new Promise((r) => setTimeout(r, 2000))]);
     deliverer.stop();
     base.storage.stop();
@@ -96,7 +110,7 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
     await engine.stop();
     await store.close();
   };
-  return { app, store, lifecycle, dispatcher, engine, runs, generatedKey: generated, start, stop, logger };
+  return { app, store, lifecycle, dispatcher, dispatchers, engine, runs, generatedKey: generated, start, stop, logger };
 }
 
 export async function serve(cfg: Config): Promise<void> {

@@ -1,4 +1,5 @@
-// `kleinserve worker --region NAME --redis URL`: one per GPU. It starts and supervises its own engine
+// `kleinserve worker --region NAME --redis URL`: one per GPU, serving one model (its heartbeat names it, and it
+// consumes only that model's queue). It starts and supervises its own engine
 // (restarted when it crashes or hangs), heartbeats into its region's Redis, and runs the jobs of its
 // region's queue through the same lifecycle and dispatcher as `serve`.
 import { randomBytes } from 'node:crypto';
@@ -10,6 +11,7 @@ import type { RegionSpec } from '../cluster/regions.ts';
 import type { Config } from '../config.ts';
 import { RegionConsumer } from '../dispatch/region-consumer.ts';
 import { localEngine } from '../engine/supervisor.ts';
+import { servedModels } from '../models/served.ts';
 import { adapterResolverFor } from '../adapters/resolver.ts';
 import { PostgresStore } from '../runs/postgres-store.ts';
 import { openObjectStore } from '../storage/open-store.ts';
@@ -26,10 +28,15 @@ export async function runWorker(cfg: Config, cluster: ClusterConfig, region: Reg
   const store = await PostgresStore.open(cluster.databaseUrl, { max: Math.max(4, cfg.concurrency + 2), onWriteFailure: base.storage.report });
   const objects = openObjectStore(cluster.storage, cfg.fsync, base.storage.report);
   const connection = workerConnection(region.redisUrl);
-  const engine = localEngine(cfg, logger.child({ part: 'engine' }));
+  // One model per worker (one engine per GPU); run one worker per model to serve several.
+  const models = servedModels(cfg);
+  if (models.length !== 1) throw new Error(`a worker serves one model; got ${models.length} (--model ${models.map((m) => m.checkpoint).join(', --model ')}): start one worker per model`);
+  const served = models[0];
+  const engine = localEngine(cfg, logger.child({ part: 'engine', model: served.id }), { checkpoint: served.checkpoint });
   const worker = new RegionConsumer({
     id,
     region: region.name,
+    model: served.id,
     store,
     connection,
     engine,
@@ -68,6 +75,8 @@ export async function runWorker(cfg: Config, cluster: ClusterConfig, region: Reg
     active: worker.active,
     engine: engine.state,
     limits: engine.limits,
+    model: served.id,
+    model_info: engine.status().model_info ?? null,
     at: Date.now(),
   }));
 
@@ -81,7 +90,7 @@ export async function runWorker(cfg: Config, cluster: ClusterConfig, region: Reg
   engine.on('state', beating);
   beating();
   await worker.start();
-  announce({ event: 'worker_started', id, region: region.name, pid: process.pid, concurrency: cfg.concurrency });
+  announce({ event: 'worker_started', id, region: region.name, model: served.id, pid: process.pid, concurrency: cfg.concurrency });
 
   guardProcess(logger);
   onSignals(logger, async () => {

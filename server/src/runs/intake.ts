@@ -24,14 +24,15 @@ import type { RunRecord, StoredImage } from './types.ts';
 export interface IntakeDeps {
   objects: ObjectStore;
   allowlist: FetchAllowlist;
-  limits: () => EngineLimits;
+  /** The engine limits of a run's model (its run model_id), or of the one engine when only one runs. */
+  limits: (runModelId?: string) => EngineLimits;
   maxInputPixels: number;
   /** Also checks callback_url: a callback to a private address is SSRF by another name. */
   checkCallbacks: boolean;
   /** Resolves inputs that point back at this server (uploaded assets, stored inputs of earlier runs). */
   references?: InputReferences;
   /** The loaded checkpoint's facts and safety settings, where this process knows them (runs/model-facts.ts). */
-  facts?: () => EngineFacts;
+  facts?: (runModelId?: string) => EngineFacts;
   /**
    * Present where the engine's machine is this one (`serve`): adapters are fetched and checked now, so an
    * unreachable, oversized or malformed LoRA is a 422. Elsewhere only their names are checked here.
@@ -67,7 +68,7 @@ export async function intakeRun(deps: IntakeDeps, req: RunRequest, owner: string
   const images: (StoredImage | null)[] = [];
   const decoded: DecodedImages = new Map();
   const inline: { key: string; stored: Promise<void> }[] = [];
-  const limits = deps.limits();
+  const limits = deps.limits(req.model_id);
   const opts = decodeOptions(limits, deps.maxInputPixels);
 
   await Promise.all(
@@ -103,7 +104,7 @@ export async function intakeRun(deps: IntakeDeps, req: RunRequest, owner: string
       errors.push({ field: 'callback_url', reason: err.reason });
     }
   }
-  const facts = deps.facts?.() ?? {};
+  const facts = deps.facts?.(req.model_id) ?? {};
   const steps = input.steps ?? defaultSteps(facts);
   errors.push(...checkAgainstModel(input, facts));
   const loras = input.loras ?? [];

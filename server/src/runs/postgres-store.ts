@@ -200,11 +200,13 @@ export class PostgresStore implements RunStore, DeliveryStore {
     }
   }
 
-  async claimNext(): Promise<RunRecord | null> {
+  async claimNext(modelIds?: string[]): Promise<RunRecord | null> {
     const { rows } = await this.write('run status (dispatching)', () => this.pool.query(
       `UPDATE runs SET status = 'dispatching'
-        WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+        WHERE id = (SELECT id FROM runs WHERE status = 'queued' AND ($1::text[] IS NULL OR model_id = ANY($1))
+                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
         RETURNING *`,
+      [modelIds ?? null],
     ));
     return rows[0] ? toRecord(rows[0]) : null;
   }
@@ -275,27 +277,30 @@ export class PostgresStore implements RunStore, DeliveryStore {
    * Moves queued runs (and runs whose holder's lease expired) out of `from` (null: not yet placed) to `to`.
    * SKIP LOCKED + the status/region guard mean concurrent replicas never move one run twice in one pass.
    */
-  async moveRuns(from: string | null, to: string, limit: number): Promise<string[]> {
+  /** `modelIds`: only runs of these run model_ids (one model's queue); absent: every run. */
+  async moveRuns(from: string | null, to: string, limit: number, modelIds?: string[]): Promise<string[]> {
     const { rows } = await this.pool.query(
       `UPDATE runs SET region = $2, moves = moves + CASE WHEN region IS NULL THEN 0 ELSE 1 END,
               attempts = attempts + CASE WHEN status = 'queued' THEN 0 ELSE 1 END, status = 'queued'
         WHERE id IN (
           SELECT id FROM runs WHERE region IS NOT DISTINCT FROM $1
              AND (status = 'queued' OR (status IN ('dispatching','running') AND COALESCE(lease_until, 0) < $4))
+             AND ($5::text[] IS NULL OR model_id = ANY($5))
            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
         RETURNING id`,
-      [from, to, limit, Date.now()],
+      [from, to, limit, Date.now(), modelIds ?? null],
     );
     return rows.map((r) => r.id as string);
   }
 
   /** Runs of a region that should have a job by now: queued for a while, or held under an expired lease. */
-  async staleRuns(region: string, queuedBefore: number, limit: number): Promise<string[]> {
+  async staleRuns(region: string, queuedBefore: number, limit: number, modelIds?: string[]): Promise<string[]> {
     const { rows } = await this.pool.query(
       `SELECT id FROM runs WHERE region = $1 AND (
           (status = 'queued' AND queued_at < $2) OR (status IN ('dispatching','running') AND COALESCE(lease_until, 0) < $3))
+          AND ($5::text[] IS NULL OR model_id = ANY($5))
         ORDER BY id LIMIT $4`,
-      [region, queuedBefore, Date.now(), limit],
+      [region, queuedBefore, Date.now(), limit, modelIds ?? null],
     );
     return rows.map((r) => r.id as string);
   }

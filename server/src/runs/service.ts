@@ -13,6 +13,7 @@ import type { Admission } from './admission.ts';
 import type { AssetLibrary } from './assets.ts';
 import type { InputReferences } from './references.ts';
 import { runCost } from './cost.ts';
+import { modelOfRun } from '../models/registry.ts';
 import type { RunEvent } from './events.ts';
 import type { RunRequest } from './inputs.ts';
 import { assertModelAvailable, intakeRun, type IntakeDeps } from './intake.ts';
@@ -61,6 +62,20 @@ export function fingerprint(request: RunRequest): string {
   return createHash('sha256').update(JSON.stringify(canonical(request))).digest('hex');
 }
 
+/**
+ * The engine a run's model is served by. A model of the family that this server does not serve is a 404
+ * naming it and what is served; where one engine serves everything (a cluster's api, tests) that engine.
+ */
+export function engineForRun(view: EngineStatusView, runModelId: string): EngineStatusView {
+  if (!view.forModel) return view;
+  const model = modelOfRun(runModelId);
+  const engine = view.forModel(model);
+  if (engine) return engine;
+  const served = view.status().models;
+  const list = served && typeof served === 'object' ? Object.keys(served).join(', ') : '';
+  throw new ServiceError('not_found', 'MODEL_NOT_SERVED', `${model} is not served by this server${list ? ` (it serves ${list})` : ''}`);
+}
+
 export class RunService {
   readonly waitCapSeconds: number;
   /** Uploaded assets, referenced by runs. */
@@ -86,7 +101,8 @@ export class RunService {
    */
   async submit(caller: Caller, request: RunRequest, opts: { idempotencyKey: string | null }): Promise<Submitted> {
     const { deps } = this;
-    assertModelAvailable(deps.engine.state, deps.engine.status().error);
+    const engine = engineForRun(deps.engine, request.model_id);
+    assertModelAvailable(engine.state, engine.status().error);
     const claim = await claimIdempotency(deps.idempotency, caller.scope, opts.idempotencyKey, opts.idempotencyKey ? fingerprint(request) : undefined);
     if (claim.kind === 'existing') {
       const first = await deps.lifecycle.store.get(claim.runId);

@@ -195,9 +195,28 @@ export class SqliteStore implements RunStore, DeliveryStore {
     return stmt;
   }
 
-  async claimNext(): Promise<RunRecord | null> {
-    const row = this.write('run status (dispatching)', () => this.stmts.claim.get()) as Row | undefined;
+  async claimNext(modelIds?: string[]): Promise<RunRecord | null> {
+    const stmt = modelIds ? this.claimOf(modelIds) : this.stmts.claim;
+    const row = this.write('run status (dispatching)', () => stmt.get(...(modelIds ?? []))) as Row | undefined;
     return row ? toRecord(row) : null;
+  }
+
+  private readonly claimsByModels = new Map<string, Database.Statement>();
+
+  /** The claim restricted to some models' runs (one engine's), prepared once per set. */
+  private claimOf(modelIds: string[]): Database.Statement {
+    const key = modelIds.join('\n');
+    let stmt = this.claimsByModels.get(key);
+    if (!stmt) {
+      const marks = modelIds.map(() => '?').join(',');
+      stmt = this.db.prepare(
+        `UPDATE runs SET status = 'dispatching'
+          WHERE id = (SELECT id FROM runs WHERE status = 'queued' AND model_id IN (${marks}) ORDER BY id LIMIT 1) AND status = 'queued'
+          RETURNING *`,
+      );
+      this.claimsByModels.set(key, stmt);
+    }
+    return stmt;
   }
 
   async listInFlight(): Promise<RunRecord[]> {

@@ -38,8 +38,8 @@ export interface RunStore {
    * transition may carry a callback delivery, written in the same transaction so it cannot be lost.
    */
   transition(id: string, from: RunStatus[], patch: RunPatch & { status: RunStatus }, delivery?: NewDelivery): Promise<RunRecord | null>;
-  /** Atomically moves the oldest queued run to `dispatching` and returns it. */
-  claimNext(): Promise<RunRecord | null>;
+  /** Atomically moves the oldest queued run (of one of `modelIds`, when given) to `dispatching` and returns it. */
+  claimNext(modelIds?: string[]): Promise<RunRecord | null>;
   /** Runs left in `dispatching`/`running` by a process that died. */
   listInFlight(): Promise<RunRecord[]>;
   countByStatus(): Promise<Record<RunStatus, number>>;

@@ -199,11 +199,20 @@ export async function startApi(opts: {
   return { ...p, url: p.msg.url };
 }
 
-export async function startWorker(opts: { db: TestDatabase; region: string; redis: RedisServer; storage: string; concurrency?: number; env?: Record<string, string> }): Promise<Proc & { id: string }> {
+export async function startWorker(opts: {
+  db: TestDatabase;
+  region: string;
+  redis: RedisServer;
+  storage: string;
+  concurrency?: number;
+  env?: Record<string, string>;
+  /** `--model` (default: the tiny distilled model, served as flux-2-klein-4b). */
+  model?: string;
+}): Promise<Proc & { id: string }> {
   const p = await launch(
     [
       'worker', '--region', opts.region, '--redis', opts.redis.url, '--database-url', opts.db.url, '--storage', opts.storage,
-      '--model', tinyModelDir(), '--concurrency', String(opts.concurrency ?? 2),
+      '--model', opts.model ?? tinyModelDir(), '--concurrency', String(opts.concurrency ?? 2),
     ],
     opts.env ?? {},
     (m) => m.event === 'worker_started',

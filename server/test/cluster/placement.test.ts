@@ -59,11 +59,12 @@ describe('Placement backpressure', () => {
 describe('RegionAdmission', () => {
   const logger = pino({ level: 'silent' });
   const metrics = { enqueueErrors: { inc() {} } } as unknown as ClusterMetrics;
-  const run = { id: 'r1', status: 'queued' } as RunRecord;
+  const run = { id: 'r1', status: 'queued', model_id: 'black-forest-labs/flux-2-klein-4b/edit' } as RunRecord;
 
   it('writes the chosen region on the run it stores, and enqueues on that region', async () => {
     const enqueued: string[] = [];
-    const monitor = { region: (name: string) => (name === 'a' ? { spec: { name }, queue: { add: async (_n: string, d: { runId: string }) => void enqueued.push(d.runId) } } : undefined) } as unknown as RegionMonitor;
+    const queue = { add: async (_n: string, d: { runId: string }) => void enqueued.push(d.runId) };
+    const monitor = { region: (name: string) => (name === 'a' ? { spec: { name }, queues: new Map([['black-forest-labs/flux-2-klein-4b', queue]]) } : undefined) } as unknown as RegionMonitor;
     const admission = new RegionAdmission(new Placement(() => [region('a')], opts), monitor, metrics, logger);
     const stored: RunRecord[] = [];
     const created = await admission.admit(run, new Map(), async (r) => (stored.push(r), r));

@@ -25,7 +25,7 @@ const HTTP_PACKAGE = /^(fastify|fastify-.*|@fastify\/.*)$/;
 /** The HTTP layer and everything above it. */
 const UPPER = /^(http|surfaces|roles|plugins)\/|^app\.ts$|^cli\.ts$/;
 /** Below HTTP: the run service and everything it drives. */
-const LOWER = /^(runs|dispatch|idempotency|cluster|quotas|engine|images|storage|retention|callbacks|auth|adapters)\/|^(errors|metrics|policy-config|config)\.ts$/;
+const LOWER = /^(runs|dispatch|idempotency|cluster|quotas|engine|images|storage|retention|callbacks|auth|adapters|models)\/|^(errors|metrics|policy-config|config)\.ts$/;
 
 describe('layering', () => {
   const files = sources();

@@ -6,7 +6,7 @@ import { outputUrl } from '../../http/outputs.ts';
 import { callerOf } from '../../http/auth.ts';
 import { clientGone, idempotencyKeyHeader } from '../../http/request.ts';
 import { endedWithoutOutput } from '../../runs/failure.ts';
-import { MODEL_EDIT, MODEL_TEXT_TO_IMAGE } from '../../runs/inputs.ts';
+import { DEFAULT_MODEL, editModelId, KLEIN_MODELS, pascalName } from '../../models/registry.ts';
 import type { SurfaceDeps } from '../surface.ts';
 import { toRunRequest } from './inputs.ts';
 import { EditInputSchema, errorResponses, TextToImageInputSchema } from './schemas.ts';
@@ -21,16 +21,21 @@ const LegacyAnswerSchema = z.object({
 });
 
 export const legacyRoutes: FastifyPluginAsyncZod<SurfaceDeps> = async (app, { runs, baseUrl }) => {
-  const routes = [
-    { path: '/v1/run/black-forest-labs/flux-2-klein-4b/edit', model: MODEL_EDIT, body: EditInputSchema },
-    { path: '/v1/run/black-forest-labs/flux-2-klein-4b', model: MODEL_TEXT_TO_IMAGE, body: TextToImageInputSchema },
-  ] as const;
+  // Every family member's pair, from the registry (the 4B's operation ids come from the OpenAPI table).
+  const routes = KLEIN_MODELS.flatMap((m) => {
+    const suffix = m.id === DEFAULT_MODEL ? null : pascalName(m);
+    return [
+      { path: `/v1/run/${editModelId(m.id)}`, model: editModelId(m.id), body: EditInputSchema, operationId: suffix && `runEdit${suffix}` },
+      { path: `/v1/run/${m.id}`, model: m.id, body: TextToImageInputSchema, operationId: suffix && `runTextToImage${suffix}` },
+    ];
+  });
   for (const route of routes) {
     app.post(
       route.path,
       {
         config: { createsRun: true },
         schema: {
+          ...(route.operationId ? { operationId: route.operationId } : {}),
           summary: "Runflow's flat route: the inputs are the body; answers when the run ends",
           tags: ['runs'],
           body: route.body,

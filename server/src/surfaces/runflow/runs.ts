@@ -1,12 +1,14 @@
-// Runflow's run routes: create (edit under both model-id forms, text-to-image), read, list, cancel, delete.
+// Runflow's run routes: create (edit and text-to-image for every FLUX.2 [klein] model, under both model-id
+// forms), read, list, cancel, delete.
 // Each parses its wire body into the canonical request, calls the run service and renders the run.
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { ServiceError } from '../../errors.ts';
+import { invalidInput, ServiceError } from '../../errors.ts';
 import { callerOf } from '../../http/auth.ts';
 import { clientGone, idempotencyKeyHeader } from '../../http/request.ts';
-import { MODEL_EDIT, MODEL_TEXT_TO_IMAGE } from '../../runs/inputs.ts';
+import { DEFAULT_MODEL, editModelId, KLEIN_MODELS, pascalName } from '../../models/registry.ts';
+import { zodIssuesToFieldErrors } from '../../plugins/errors.ts';
 import type { RunService } from '../../runs/service.ts';
 import type { RunRecord } from '../../runs/types.ts';
 import { parsePreferWait } from '../../runs/wait.ts';
@@ -14,6 +16,7 @@ import { toRunObject, type RunObject } from './run-object.ts';
 import {
   CreateRunBodySchema,
   errorResponses,
+  isEditModelId,
   ListRunsQuerySchema,
   MODEL_ALIASES,
   PreferHeaderSchema,
@@ -31,6 +34,14 @@ export interface RunflowDeps {
   runs: RunService;
   baseUrl: () => string;
 }
+
+/** A zod issue as the error plugin reads Fastify's validation issues. */
+const asIssueLike = (i: z.core.$ZodIssue) => ({
+  instancePath: '/' + i.path.map(String).join('/'),
+  message: i.message,
+  keyword: i.code,
+  params: { keys: 'keys' in i ? i.keys : undefined },
+});
 
 const DeletedSchema = z.object({ id: z.string(), deleted: z.literal(true) });
 
@@ -67,10 +78,6 @@ export const runRoutes: FastifyPluginAsyncZod<RunflowDeps> = async (app, { runs,
     response: { 200: RunObjectSchema, ...errorResponses },
   };
   const creates = { createsRun: true };
-  for (const modelId of Object.keys(MODEL_ALIASES)) {
-    app.post(`/v1/models/${modelId}/runs`, { schema: createSchema, config: creates }, (req, reply) => create(req, reply, MODEL_EDIT, req.body));
-  }
-
   const textToImage = {
     summary: 'Create a text-to-image run',
     tags: ['runs'],
@@ -78,21 +85,38 @@ export const runRoutes: FastifyPluginAsyncZod<RunflowDeps> = async (app, { runs,
     headers: PreferHeaderSchema,
     response: { 200: RunObjectSchema, ...errorResponses },
   };
-  app.post('/v1/models/black-forest-labs/flux-2-klein-4b/runs', { schema: textToImage, config: creates }, (req, reply) =>
-    create(req, reply, MODEL_TEXT_TO_IMAGE, req.body),
-  );
-  app.post('/v1/models/flux-2-klein-4b/runs', { schema: { ...textToImage, hide: true }, config: creates }, (req, reply) =>
-    create(req, reply, MODEL_TEXT_TO_IMAGE, req.body),
-  );
+  // Every family member's routes, from the registry: a model this server does not serve answers 404
+  // MODEL_NOT_SERVED from the run service. The 4B's ids come from the OpenAPI table; the others are named here.
+  for (const model of KLEIN_MODELS) {
+    const named = model.id !== DEFAULT_MODEL;
+    const suffix = pascalName(model);
+    const id = (base: string) => (named ? { operationId: `${base}${suffix}` } : {});
+    const edit = editModelId(model.id);
+    const editSchema = { ...createSchema, summary: `Create an edit run on ${model.id}` };
+    app.post(`/v1/models/${edit}/runs`, { schema: { ...editSchema, ...id('createEditRun') }, config: creates }, (req, reply) => create(req, reply, edit, req.body));
+    app.post(`/v1/models/${editModelId(model.short)}/runs`, { schema: { ...editSchema, ...id('createEditRunShortId') }, config: creates }, (req, reply) =>
+      create(req, reply, edit, req.body),
+    );
+    const t2iSchema = { ...textToImage, summary: `Create a text-to-image run on ${model.id}` };
+    app.post(`/v1/models/${model.id}/runs`, { schema: { ...t2iSchema, ...id('createTextToImageRun') }, config: creates }, (req, reply) =>
+      create(req, reply, model.id, req.body),
+    );
+    app.post(`/v1/models/${model.short}/runs`, { schema: { ...t2iSchema, hide: true }, config: creates }, (req, reply) => create(req, reply, model.id, req.body));
+  }
 
-  // Runflow's SDK encodes each model-id segment; a client that encodes the whole id sends one segment.
+  const { body: _checkedBelow, ...wholeIdSchema } = createSchema;
+  // Runflow's SDK encodes each model-id segment; a client that encodes the whole id sends one segment. Its
+  // body is checked here, against the edit or text-to-image schema that its id names.
   app.post(
     '/v1/models/:model/runs',
-    { schema: { ...createSchema, hide: true, params: z.object({ model: z.string() }) }, config: creates },
+    { schema: { ...wholeIdSchema, hide: true, params: z.object({ model: z.string() }) }, config: creates },
     (req, reply) => {
       const modelId = MODEL_ALIASES[req.params.model];
       if (!modelId) throw new ServiceError('not_found', 'MODEL_NOT_FOUND', `unknown model ${JSON.stringify(req.params.model)}`);
-      return create(req, reply, modelId, req.body);
+      const schema = isEditModelId(modelId) ? CreateRunBodySchema : TextToImageBodySchema;
+      const parsed = schema.safeParse(req.body);
+      if (!parsed.success) throw invalidInput(zodIssuesToFieldErrors(parsed.error.issues.map(asIssueLike), 'body'));
+      return create(req, reply, modelId, parsed.data);
     },
   );
 

@@ -1,17 +1,27 @@
 // Runflow's wire schemas. The same zod objects validate requests and generate /openapi.json. The input
 // also takes fal/Replicate-style fields (input-aliases.ts); inputs.ts turns a body into the canonical request.
 import { z } from 'zod';
-import { MODEL_EDIT } from '../../runs/inputs.ts';
+import { editModelId, KLEIN_MODELS, modelOfRun } from '../../models/registry.ts';
 import { INPUT_LIMITS, inputFields } from '../../runs/limits.ts';
 import { RUN_STATUSES } from '../../runs/types.ts';
 import { ALIAS_FIELDS, ImageSizeSchema } from './input-aliases.ts';
 import { decodePageToken } from './page-token.ts';
 
-/** Model ids a run route accepts, with the canonical id each maps to. */
-export const MODEL_ALIASES: Record<string, string> = {
-  [MODEL_EDIT]: MODEL_EDIT,
-  'flux-2-klein-4b/edit': MODEL_EDIT,
-};
+/**
+ * Model ids a run route accepts (every family member's edit and text-to-image ids, in full and without the
+ * owner), with the canonical run model_id each maps to: `.../edit` ids are edit runs, the others text-to-image.
+ */
+export const MODEL_ALIASES: Record<string, string> = Object.fromEntries(
+  KLEIN_MODELS.flatMap((m) => [
+    [editModelId(m.id), editModelId(m.id)],
+    [editModelId(m.short), editModelId(m.id)],
+    [m.id, m.id],
+    [m.short, m.id],
+  ]),
+);
+
+/** Whether a run model_id is an edit run's (references required) rather than text-to-image. */
+export const isEditModelId = (runModelId: string): boolean => runModelId !== modelOfRun(runModelId);
 
 export const EditInputSchema = z
   .strictObject({
