@@ -52,7 +52,10 @@ function roleOptions(cmd: Command, opts: { engine: boolean }): Command {
       .choices(['flag', 'blur', 'fail']).env('KLEINSERVE_SAFETY_POLICY').default('flag')))
     .addOption(engineOnly(new Option('--safety-threshold <p>', 'unsafe-label probability at which an output is flagged').env('KLEINSERVE_SAFETY_THRESHOLD').default('0.5')))
     .addOption(engineOnly(new Option('--allow-safety-opt-out', 'let requests turn the checker off (enable_safety_checker: false)')
-      .env('KLEINSERVE_ALLOW_SAFETY_OPT_OUT').default(false)));
+      .env('KLEINSERVE_ALLOW_SAFETY_OPT_OUT').default(false)))
+    .addOption(engineOnly(new Option('--deterministic', 'byte-identical output for the same input and seed on every run: the engine batches nothing (slower under load); ' +
+      'default off: a run batched with others is within 1/255 per channel of the same run alone, and requests may still ask (input.deterministic)')
+      .env('KLEINSERVE_DETERMINISTIC').default(false)));
 }
 
 function clusterOptions(cmd: Command): Command {

@@ -59,6 +59,8 @@ export const ConfigSchema = z.object({
   safetyPolicy: z.enum(['flag', 'blur', 'fail']).default('flag'),
   safetyThreshold: z.coerce.number().min(0).max(1.01).default(0.5),
   allowSafetyOptOut: z.boolean().default(false),
+  /** Every run byte-identical for its input and seed: the engine batches nothing (`--deterministic`). */
+  deterministic: z.boolean().default(false),
   /** fsync every stored object (power-loss durability) at a latency cost. */
   fsync: z.boolean().default(false),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -110,6 +112,7 @@ export function loadConfig(values: Record<string, unknown>, env: NodeJS.ProcessE
     safetyPolicy: values['safety-policy'] ?? (env.KLEINSERVE_SAFETY_POLICY || undefined),
     safetyThreshold: values['safety-threshold'] ?? (env.KLEINSERVE_SAFETY_THRESHOLD || undefined),
     allowSafetyOptOut: values['allow-safety-opt-out'] ?? (env.KLEINSERVE_ALLOW_SAFETY_OPT_OUT ? env.KLEINSERVE_ALLOW_SAFETY_OPT_OUT === '1' : undefined),
+    deterministic: values.deterministic ?? (env.KLEINSERVE_DETERMINISTIC ? env.KLEINSERVE_DETERMINISTIC === '1' : undefined),
     logLevel: env.LOG_LEVEL,
   };
   const parsed = ConfigSchema.safeParse(Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== undefined)));

@@ -176,6 +176,7 @@ export class LocalDispatcher {
           negative_prompt: input.negative_prompt,
           safety_checker: input.safety_checker,
           ...(loras.length ? { loras } : {}),
+          ...(input.deterministic ? { deterministic: true } : {}),
         },
         {
           signal: ac.signal,

@@ -41,6 +41,8 @@ export interface GenerateParams {
   safety_checker?: boolean;
   /** Files on the engine's machine, named with their sha256 (the engine checks it and caches by it). */
   loras?: { path: string; sha256: string; scale: number }[];
+  /** true: never batched, prompt encoded alone: the same bytes for the same input and seed whatever is queued. */
+  deterministic?: boolean;
 }
 
 export interface EngineTimings {

@@ -8,6 +8,8 @@ export interface EngineLimits {
   max_steps: number;
   max_output_pixels: number;
   max_batch: number;
+  /** The engine runs every request alone with torch's deterministic algorithms (`--deterministic`); max_batch is then 1. */
+  deterministic?: boolean;
   /** LoRA bounds, once the engine reports them. */
   max_loras?: number;
   max_lora_rank?: number;

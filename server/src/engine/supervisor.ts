@@ -42,6 +42,7 @@ type LocalEngineConfig = {
   safetyPolicy?: string;
   safetyThreshold?: number;
   allowSafetyOptOut?: boolean;
+  deterministic?: boolean;
 };
 
 /**
@@ -61,7 +62,7 @@ export function localEngine(cfg: LocalEngineConfig, logger: Logger, served: { ch
     logger,
     idleDeadlineMs: cfg.engineIdleDeadlineMs,
     startupTimeoutMs: cfg.engineStartupTimeoutMs,
-    extraArgs: ['--data-dir', cfg.dataDir, ...safetyArgs(cfg)],
+    extraArgs: ['--data-dir', cfg.dataDir, ...safetyArgs(cfg), ...(cfg.deterministic ? ['--deterministic'] : [])],
   });
 }
 

@@ -34,6 +34,8 @@ export interface GenerateInput {
   safety_checker?: boolean;
   /** Up to INPUT_LIMITS.maxLoras adapters, applied to this run only. */
   loras?: LoraInput[];
+  /** true: the engine runs it alone and encodes its prompt alone, so the same input and seed give the same bytes. */
+  deterministic?: boolean;
 }
 
 export interface EditInput extends GenerateInput {

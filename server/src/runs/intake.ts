@@ -144,6 +144,7 @@ export async function intakeRun(deps: IntakeDeps, req: RunRequest, owner: string
       ...(input.negative_prompt ? { negative_prompt: input.negative_prompt } : {}),
       ...(input.safety_checker !== undefined ? { safety_checker: input.safety_checker } : {}),
       ...(loras.length ? { loras: loras.map((l) => ({ path: l.path, scale: l.scale })) } : {}),
+      ...(input.deterministic ? { deterministic: true } : {}),
     },
     output: null,
     metadata: req.metadata,

@@ -57,6 +57,11 @@ export const inputFields = {
       .max(L.maxLoras, `takes at most ${L.maxLoras} LoRAs`),
   guidanceScale: () => z.number().min(L.minGuidance).max(L.maxGuidance),
   negativePrompt: () => z.string().max(L.maxPromptChars),
+  /** Run alone (never batched) with the prompt encoded alone: byte-identical output for the same input and seed. */
+  deterministic: () =>
+    z
+      .boolean()
+      .describe('true: byte-identical output for the same input and seed whatever else is queued (the run is never batched; slower under load). Default: batched, within 1/255 per channel of the same run alone'),
 };
 
 /** Why a W x H output size is refused, or null when it is fine. */

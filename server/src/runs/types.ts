@@ -25,6 +25,8 @@ export interface RunInput {
   safety_checker?: boolean;
   /** As the caller named them; resolved to files only when the run is prepared for the engine. */
   loras?: { path: string; scale: number }[];
+  /** Byte-identical output asked for: the engine never batches this run (absent: false). */
+  deterministic?: boolean;
 }
 
 export interface StoredOutputImage {

@@ -66,6 +66,7 @@ function toRunRequest(modelId: string, p: OpenAiParams, images: string[]): RunRe
       ...(p.guidance_scale !== undefined ? { guidance_scale: p.guidance_scale } : {}),
       ...(p.negative_prompt ? { negative_prompt: p.negative_prompt } : {}),
       ...(p.loras?.length ? { loras: p.loras } : {}),
+      ...(p.deterministic ? { deterministic: true } : {}),
     },
     callback_url: null,
     metadata: null,

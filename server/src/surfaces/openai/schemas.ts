@@ -28,6 +28,7 @@ export const OpenAiParamsSchema = z.strictObject({
     .describe('base checkpoints only; a distilled checkpoint refuses anything but 1 (422)'),
   negative_prompt: inputFields.negativePrompt().optional().describe('base checkpoints with guidance_scale above 1'),
   loras: z.preprocess(jsonText, inputFields.loras()).optional().describe('[{path, scale}] (in multipart: that array as JSON text)'),
+  deterministic: z.preprocess(jsonText, inputFields.deterministic()).optional(),
   // Sent by the openai SDK and by habit; accepted and not used (there is one model here).
   model: z.string().optional(),
   user: z.string().optional(),

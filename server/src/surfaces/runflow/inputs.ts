@@ -32,6 +32,7 @@ export function toRunRequest(modelId: string, body: CreateRunBody | TextToImageB
       ...(input.negative_prompt ? { negative_prompt: input.negative_prompt } : {}),
       ...safetyChecker(input),
       ...(input.loras?.length ? { loras: input.loras } : {}),
+      ...(input.deterministic ? { deterministic: true } : {}),
     },
     callback_url: body.callback_url ?? null,
     metadata: body.metadata ?? null,

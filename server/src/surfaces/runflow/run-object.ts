@@ -30,6 +30,7 @@ export function toRunObject(run: RunRecord, baseUrl: string, cost = 0) {
       ...(input.negative_prompt ? { negative_prompt: input.negative_prompt } : {}),
       ...(input.safety_checker !== undefined ? { enable_safety_checker: input.safety_checker } : {}),
       ...(input.loras ? { loras: input.loras } : {}),
+      ...(input.deterministic ? { deterministic: true } : {}),
     },
     output: run.output && {
       outputs: run.output.images.map((img) => ({

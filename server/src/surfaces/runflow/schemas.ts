@@ -37,6 +37,7 @@ export const EditInputSchema = z
     width: inputFields.side().optional(),
     height: inputFields.side().optional(),
     image_size: ImageSizeSchema.optional().describe('fal preset (square_hd, landscape_16_9, ...) or {width,height}'),
+    deterministic: inputFields.deterministic().optional(),
     ...ALIAS_FIELDS,
   })
   .superRefine((v, ctx) => {
@@ -73,6 +74,7 @@ export const TextToImageInputSchema = z
     width: inputFields.side().optional(),
     height: inputFields.side().optional(),
     image_size: ImageSizeSchema.optional(),
+    deterministic: inputFields.deterministic().optional(),
     ...ALIAS_FIELDS,
   })
   .superRefine((v, ctx) => {
