@@ -119,10 +119,15 @@ describe('OpenAI images.edits, JSON form', () => {
     const meta = await sharp(Buffer.from(res.data[0].b64_json, 'base64')).metadata();
     expect([meta.format, meta.width, meta.height]).toEqual(['png', 96, 64]);
 
-    const bad = await openai.post('/images/edits', { body: { prompt: 'x', images: [{ image_url: 'not an image' }] } }).catch((e) => e);
+    const refusal = (body: Record<string, unknown>) =>
+      openai.post('/images/edits', { body }).then(
+        () => Promise.reject(new Error('accepted')),
+        (e: unknown) => e as InstanceType<typeof OpenAI.APIError> & { error: { param?: string } },
+      );
+    const bad = await refusal({ prompt: 'x', images: [{ image_url: 'not an image' }] });
     expect(bad.status).toBe(422);
     expect(bad.error.param).toBe('images[0].image_url');
-    const fileId = await openai.post('/images/edits', { body: { prompt: 'x', images: [{ file_id: 'file_1' }] } }).catch((e) => e);
+    const fileId = await refusal({ prompt: 'x', images: [{ file_id: 'file_1' }] });
     expect(fileId.status).toBe(422);
     expect(fileId.error.param).toBe('images[0].file_id');
   });

@@ -14,6 +14,9 @@ import { INPUT_LIMITS } from '../../runs/limits.ts';
 import type { RunRecord } from '../../runs/types.ts';
 import type { SurfaceDeps } from '../surface.ts';
 import { BflRequestSchema, BflResultQuerySchema, BflResultSchema, BflSubmittedSchema, type BflRequest } from './schemas.ts';
+import { BFL_ERROR_JSON_SCHEMA } from './schemas.ts';
+
+const ERROR_DOCS = { errorSchema: BFL_ERROR_JSON_SCHEMA };
 
 /** The header a webhook's signature travels in when the request gave a webhook_secret. */
 export const SIGNATURE_HEADER = 'x-bfl-signature';
@@ -88,7 +91,7 @@ export async function bflSurface(root: FastifyInstance, deps: SurfaceDeps): Prom
 
   app.post(
     '/v1/flux-2-klein-4b',
-    { schema: { summary: 'BFL: create a FLUX.2 [klein] 4B task (x-key)', tags: ['bfl'], body: BflRequestSchema, response: { 200: BflSubmittedSchema } }, config: { createsRun: true } },
+    { schema: { summary: 'BFL: create a FLUX.2 [klein] 4B task (x-key)', tags: ['bfl'], body: BflRequestSchema, response: { 200: BflSubmittedSchema } }, config: { createsRun: true, docs: ERROR_DOCS } },
     async (req) => {
       const { run } = await deps.runs.submit(callerOf(req), toRunRequest(req.body), { idempotencyKey: idempotencyKeyHeader(req) });
       return { id: run.id, polling_url: `${deps.baseUrl()}/v1/get_result?id=${run.id}` };
@@ -97,7 +100,7 @@ export async function bflSurface(root: FastifyInstance, deps: SurfaceDeps): Prom
 
   app.get(
     '/v1/get_result',
-    { schema: { summary: 'BFL: poll a task (Pending, Ready with result.sample, Error, Task not found)', tags: ['bfl'], querystring: BflResultQuerySchema, response: { 200: BflResultSchema } } },
+    { schema: { summary: 'BFL: poll a task (Pending, Ready with result.sample, Error, Task not found)', tags: ['bfl'], querystring: BflResultQuerySchema, response: { 200: BflResultSchema } }, config: { docs: ERROR_DOCS } },
     async (req) => {
       try {
         return bflResult(await deps.runs.get(req.query.id), deps.baseUrl());

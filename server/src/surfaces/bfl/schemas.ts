@@ -48,3 +48,20 @@ export const BflResultSchema = z
   .meta({ id: 'BflResult' });
 
 export const BflResultQuerySchema = z.object({ id: z.string().min(1).max(64) });
+
+/** BFL's error body in OpenAPI: `detail` (FastAPI's {loc, msg, type} list for fields, else a string) and the contract's fields. */
+export const BFL_ERROR_JSON_SCHEMA = {
+  type: 'object',
+  required: ['detail', 'code', 'message', 'errors'],
+  properties: {
+    detail: {
+      oneOf: [
+        { type: 'string' },
+        { type: 'array', items: { type: 'object', required: ['loc', 'msg', 'type'], properties: { loc: { type: 'array' }, msg: { type: 'string' }, type: { type: 'string' } } } },
+      ],
+    },
+    code: { type: 'string' },
+    message: { type: 'string' },
+    errors: { type: 'array', items: { type: 'object', required: ['field', 'reason'], properties: { field: { type: 'string' }, reason: { type: 'string' } } } },
+  },
+};

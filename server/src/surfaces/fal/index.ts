@@ -21,6 +21,7 @@ import { falField, SYNC_MODE_METADATA, toRunRequest } from './inputs.ts';
 import { falProxy } from './proxy.ts';
 import { APP_ID, failureDetail, requestUrls, resultBody, statusBody } from './render.ts';
 import {
+  FalCancelSchema,
   FalEditInputSchema,
   FalRequestParamsSchema,
   FalResultSchema,
@@ -31,6 +32,9 @@ import {
   FalTextToImageInputSchema,
   type FalInput,
 } from './schemas.ts';
+import { FAL_ERROR_JSON_SCHEMA } from './schemas.ts';
+
+const ERROR_DOCS = { errorSchema: FAL_ERROR_JSON_SCHEMA };
 
 /** fal endpoint id -> the canonical model and its input schema. */
 const ENDPOINTS = [
@@ -58,8 +62,9 @@ export async function falSurface(root: FastifyInstance, deps: SurfaceDeps): Prom
   shapeErrors(app, { rename: falField, render: falDetail });
   acceptEmptyJson(app);
   app.addHook('onSend', async (req, reply) => {
-    const id = (req.params as { id?: string } | undefined)?.id ?? (reply.getHeader('x-kleinserve-run-id') as string | undefined);
-    if (id) reply.header('x-fal-request-id', id);
+    const id = (req.params as { id?: string } | undefined)?.id;
+    // Only an id that can be a request id (a path parameter may hold anything a header cannot).
+    if (id && /^[\w-]{1,64}$/.test(id)) reply.header('x-fal-request-id', id);
   });
 
   const syncModeOf = (run: RunRecord) => run.metadata?.[SYNC_MODE_METADATA] === true;
@@ -99,7 +104,7 @@ export async function falSurface(root: FastifyInstance, deps: SurfaceDeps): Prom
           querystring: FalSubmitQuerySchema,
           response: { 200: FalSubmittedSchema },
         },
-        config: { createsRun: true },
+        config: { createsRun: true, docs: ERROR_DOCS },
       },
       async (req) => {
         const run = await submit(req, ep.model, req.body as FalInput, req.query.fal_webhook ?? null);
@@ -108,7 +113,7 @@ export async function falSurface(root: FastifyInstance, deps: SurfaceDeps): Prom
     );
     app.post(
       `/fal/run/${ep.id}`,
-      { schema: { summary: `fal: run ${ep.id} and answer the result`, tags: ['fal'], body: ep.body }, config: { createsRun: true } },
+      { schema: { summary: `fal: run ${ep.id} and answer the result`, tags: ['fal'], body: ep.body }, config: { createsRun: true, docs: ERROR_DOCS } },
       async (req, reply) => {
         const input = req.body as FalInput;
         const created = await submit(req, ep.model, input, null);
@@ -127,7 +132,7 @@ export async function falSurface(root: FastifyInstance, deps: SurfaceDeps): Prom
     const hide = prefix !== APP_ID;
     app.get(
       `/fal/queue/${prefix}/requests/:id/status`,
-      { schema: { summary: 'fal queue: request status', tags: ['fal'], hide, params: FalRequestParamsSchema, querystring: FalStatusQuerySchema, response: { 200: FalStatusSchema, 202: FalStatusSchema } } },
+      { schema: { summary: 'fal queue: request status', tags: ['fal'], hide, params: FalRequestParamsSchema, querystring: FalStatusQuerySchema, response: { 200: FalStatusSchema, 202: FalStatusSchema } }, config: { docs: ERROR_DOCS } },
       async (req, reply) => {
         const run = await runs.get(req.params.id);
         const logs = req.query.logs === '1' || req.query.logs === 'true';
@@ -137,7 +142,7 @@ export async function falSurface(root: FastifyInstance, deps: SurfaceDeps): Prom
     );
     app.get(
       `/fal/queue/${prefix}/requests/:id`,
-      { schema: { summary: 'fal queue: request result', tags: ['fal'], hide, params: FalRequestParamsSchema, response: { 200: FalResultSchema } } },
+      { schema: { summary: 'fal queue: request result', tags: ['fal'], hide, params: FalRequestParamsSchema, response: { 200: FalResultSchema } }, config: { docs: ERROR_DOCS } },
       async (req, reply) => {
         const run = await runs.get(req.params.id);
         if (!isTerminal(run.status)) {
@@ -148,10 +153,19 @@ export async function falSurface(root: FastifyInstance, deps: SurfaceDeps): Prom
     );
     app.put(
       `/fal/queue/${prefix}/requests/:id/cancel`,
-      { schema: { summary: 'fal queue: cancel a request (202 requested, 400 already completed)', tags: ['fal'], hide, params: FalRequestParamsSchema } },
+      {
+        schema: {
+          summary: 'fal queue: cancel a request (202 requested, 400 already completed)',
+          tags: ['fal'],
+          hide,
+          params: FalRequestParamsSchema,
+          response: { 202: FalCancelSchema, 400: FalCancelSchema },
+        }, config: { docs: ERROR_DOCS } },
       async (req, reply) => {
         const { canceled } = await runs.cancel(req.params.id);
-        return canceled ? reply.code(202).send({ status: 'CANCELLATION_REQUESTED' }) : reply.code(400).send({ status: 'ALREADY_COMPLETED', detail: 'the request already completed' });
+        if (canceled) return reply.code(202).send({ status: 'CANCELLATION_REQUESTED' as const });
+        const message = `request ${req.params.id} already completed`;
+        return reply.code(400).send({ status: 'ALREADY_COMPLETED' as const, detail: message, code: 'ALREADY_COMPLETED', message, errors: [] });
       },
     );
   }

@@ -5,6 +5,9 @@
 // quotas, limits and errors are exactly those of a direct call.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ServiceError } from '../../errors.ts';
+import { FAL_ERROR_JSON_SCHEMA } from './schemas.ts';
+
+const ERROR_DOCS = { errorSchema: FAL_ERROR_JSON_SCHEMA };
 
 export const TARGET_URL_HEADER = 'x-fal-target-url';
 
@@ -45,5 +48,5 @@ export async function falProxy(app: FastifyInstance): Promise<void> {
     return reply.code(answer.statusCode).send(answer.rawPayload);
   };
   const summary = 'fal proxy protocol: answers the request named by x-fal-target-url (https://queue.fal.run/... or https://fal.run/...)';
-  app.route({ method: ['GET', 'POST', 'PUT'], url: '/fal/proxy', schema: { summary, tags: ['fal'] }, handler });
+  app.route({ method: ['GET', 'POST', 'PUT'], url: '/fal/proxy', schema: { summary, tags: ['fal'] }, config: { docs: ERROR_DOCS }, handler });
 }

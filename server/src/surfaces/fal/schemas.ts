@@ -83,3 +83,31 @@ export const FalResultSchema = z
   .meta({ id: 'FalResult' });
 
 export const FalRequestParamsSchema = z.object({ id: z.string().min(1).max(64) });
+
+/** fal's cancel answer; the 400 (already completed) also carries the contract's error fields. */
+export const FalCancelSchema = z.object({
+  status: z.enum(['CANCELLATION_REQUESTED', 'ALREADY_COMPLETED']),
+  detail: z.string().optional(),
+  code: z.string().optional(),
+  message: z.string().optional(),
+  errors: z.array(z.object({ field: z.string(), reason: z.string() })).optional(),
+});
+
+const FIELD_ERRORS = { type: 'array', items: { type: 'object', required: ['field', 'reason'], properties: { field: { type: 'string' }, reason: { type: 'string' } } } };
+
+/** fal's error body in OpenAPI: `detail` (FastAPI's {loc, msg, type} list for fields, else a string) and the contract's fields. */
+export const FAL_ERROR_JSON_SCHEMA = {
+  type: 'object',
+  required: ['detail', 'code', 'message', 'errors'],
+  properties: {
+    detail: {
+      oneOf: [
+        { type: 'string' },
+        { type: 'array', items: { type: 'object', required: ['loc', 'msg', 'type'], properties: { loc: { type: 'array' }, msg: { type: 'string' }, type: { type: 'string' } } } },
+      ],
+    },
+    code: { type: 'string' },
+    message: { type: 'string' },
+    errors: FIELD_ERRORS,
+  },
+};

@@ -33,6 +33,9 @@ import {
   VERSION,
   type PredictionBody,
 } from './schemas.ts';
+import { REPLICATE_ERROR_JSON_SCHEMA } from './schemas.ts';
+
+const ERROR_DOCS = { errorSchema: REPLICATE_ERROR_JSON_SCHEMA };
 
 const PAGE_SIZE = 100;
 const TITLES: Record<number, string> = { 400: 'Bad request', 401: 'Unauthenticated', 404: 'Not found', 409: 'Conflict', 413: 'Payload too large', 422: 'Input validation failed', 429: 'Too many requests', 503: 'Service unavailable' };
@@ -66,12 +69,12 @@ export async function replicateSurface(root: FastifyInstance, deps: SurfaceDeps 
   const createSchema = { tags: ['replicate'], headers: PreferHeaderSchema, response: { 201: PredictionSchema } };
   app.post(
     `/v1/models/${MODEL}/predictions`,
-    { schema: { ...createSchema, summary: `Replicate: create a ${MODEL} prediction`, body: ModelPredictionBodySchema }, config: { createsRun: true } },
+    { schema: { ...createSchema, summary: `Replicate: create a ${MODEL} prediction`, body: ModelPredictionBodySchema }, config: { createsRun: true, docs: ERROR_DOCS } },
     (req, reply) => create(req, reply, req.body),
   );
   app.post(
     '/v1/predictions',
-    { schema: { ...createSchema, summary: 'Replicate: create a prediction of a model version', body: PredictionBodySchema }, config: { createsRun: true } },
+    { schema: { ...createSchema, summary: 'Replicate: create a prediction of a model version', body: PredictionBodySchema }, config: { createsRun: true, docs: ERROR_DOCS } },
     (req, reply) => {
       const { version, ...body } = req.body;
       if (![VERSION, MODEL, `${MODEL}:${VERSION}`].includes(version)) {
@@ -83,19 +86,19 @@ export async function replicateSurface(root: FastifyInstance, deps: SurfaceDeps 
 
   app.get(
     '/v1/predictions/:id',
-    { schema: { summary: 'Replicate: read a prediction', tags: ['replicate'], params: PredictionParamsSchema, response: { 200: PredictionSchema } } },
+    { schema: { summary: 'Replicate: read a prediction', tags: ['replicate'], params: PredictionParamsSchema, response: { 200: PredictionSchema } }, config: { docs: ERROR_DOCS } },
     async (req) => render(await runs.get(req.params.id)),
   );
 
   app.post(
     '/v1/predictions/:id/cancel',
-    { schema: { summary: 'Replicate: cancel a prediction (answers it as it stands)', tags: ['replicate'], params: PredictionParamsSchema, response: { 200: PredictionSchema } } },
+    { schema: { summary: 'Replicate: cancel a prediction (answers it as it stands)', tags: ['replicate'], params: PredictionParamsSchema, response: { 200: PredictionSchema } }, config: { docs: ERROR_DOCS } },
     async (req) => render((await runs.cancel(req.params.id)).run),
   );
 
   app.get(
     '/v1/predictions',
-    { schema: { summary: 'Replicate: list predictions, newest first', tags: ['replicate'], querystring: ListQuerySchema, response: { 200: PredictionListSchema } } },
+    { schema: { summary: 'Replicate: list predictions, newest first', tags: ['replicate'], querystring: ListQuerySchema, response: { 200: PredictionListSchema } }, config: { docs: ERROR_DOCS } },
     async (req) => {
       const rows = await runs.list({ limit: PAGE_SIZE + 1, cursor: req.query.cursor });
       const page = rows.slice(0, PAGE_SIZE);
@@ -113,7 +116,18 @@ export async function replicateSurface(root: FastifyInstance, deps: SurfaceDeps 
   app.get(
     '/v1/predictions/:id/stream/:token',
     {
-      config: { public: true },
+      config: {
+        public: true,
+        docs: { ...ERROR_DOCS, responses: { 200: { description: 'event: output (an output URL) per output, event: error on failure, then event: done', content: {
+                'text/event-stream': {
+                  schema: {
+                    type: 'object',
+                    required: ['event', 'data'],
+                    properties: { event: { type: 'string', enum: ['output', 'error', 'done'] }, id: { type: 'string' }, data: { type: 'string', description: 'output: a URL; error: {detail}; done: {} or {reason}' } },
+                  },
+                },
+              } } } },
+      },
       schema: { summary: 'Replicate: output of a prediction as Server-Sent Events (output, error, done)', tags: ['replicate'], params: StreamParamsSchema },
     },
     async (req, reply) => {
@@ -149,7 +163,7 @@ export async function replicateSurface(root: FastifyInstance, deps: SurfaceDeps 
 
   app.get(
     '/v1/webhooks/default/secret',
-    { schema: { summary: 'Replicate: the secret webhooks are signed with (Standard Webhooks)', tags: ['replicate'], response: { 200: z.object({ key: z.string() }) } } },
+    { schema: { summary: 'Replicate: the secret webhooks are signed with (Standard Webhooks)', tags: ['replicate'], response: { 200: z.object({ key: z.string() }) } }, config: { docs: ERROR_DOCS } },
     async () => {
       if (!deps.standardWebhooksSecret) throw new ServiceError('unavailable', 'WEBHOOKS_UNAVAILABLE', 'this role does not sign webhooks');
       return { key: deps.standardWebhooksSecret };

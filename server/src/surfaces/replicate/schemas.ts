@@ -107,3 +107,18 @@ export const FileObjectSchema = z
     urls: z.object({ get: z.string() }),
   })
   .meta({ id: 'ReplicateFile' });
+
+/** Replicate's error body in OpenAPI: {title, detail, status} (invalid_fields for input) and the contract's fields. */
+export const REPLICATE_ERROR_JSON_SCHEMA = {
+  type: 'object',
+  required: ['title', 'detail', 'status', 'code', 'message', 'errors'],
+  properties: {
+    title: { type: 'string' },
+    detail: { type: 'string' },
+    status: { type: 'integer' },
+    invalid_fields: { type: 'array', items: { type: 'object', properties: { type: { type: 'string' }, field: { type: 'string' }, description: { type: 'string' } } } },
+    code: { type: 'string' },
+    message: { type: 'string' },
+    errors: { type: 'array', items: { type: 'object', required: ['field', 'reason'], properties: { field: { type: 'string' }, reason: { type: 'string' } } } },
+  },
+};
