@@ -122,19 +122,23 @@ async function main() {
   }
 
   const loadBefore = loadavg();
-  process.stderr.write('bench: warm-up (one burst of each mode)\n');
-  for (const mode of MODES) await burst(mode, -1);
   const bursts: Awaited<ReturnType<typeof burst>>[] = [];
-  for (let rep = 0; rep < REPS; rep++) {
-    // Alternate which mode goes first, so a load trend within a repetition does not favour one mode.
-    for (const mode of rep % 2 ? [...MODES].reverse() : MODES) {
-      const b = await burst(mode, rep);
-      process.stderr.write(`bench: rep ${rep} ${mode}: ${b.wall_ms} ms, mean batch ${b.mean_batch_size}, load ${loadavg()[0]}\n`);
-      bursts.push(b);
+  try {
+    process.stderr.write('bench: warm-up (one burst of each mode)\n');
+    for (const mode of MODES) await burst(mode, -1);
+    for (let rep = 0; rep < REPS; rep++) {
+      // Alternate which mode goes first, so a load trend within a repetition does not favour one mode.
+      for (const mode of rep % 2 ? [...MODES].reverse() : MODES) {
+        const b = await burst(mode, rep);
+        process.stderr.write(`bench: rep ${rep} ${mode}: ${b.wall_ms} ms, mean batch ${b.mean_batch_size}, load ${loadavg()[0]}\n`);
+        bursts.push(b);
+      }
     }
+  } finally {
+    // A failed run must not leave the server and its engine behind.
+    server.kill('SIGTERM');
   }
   const loadAfter = loadavg();
-  server.kill('SIGTERM');
 
   const per = (mode: Mode) => {
     const bs = bursts.filter((b) => b.mode === mode);

@@ -19,10 +19,13 @@ let ref: string;
 beforeAll(async () => {
   ref = dataUri(await testImage(128, 128, 'png'), 'image/png');
   // Every run reaches the engine at once, so its batcher sees the neighbours together. Both start together.
-  [srv, detSrv] = await Promise.all([
+  const started = await Promise.allSettled([
     startServer({ apiKeys: [KEY], args: ['--concurrency', '8'], waitReady: false }),
     startServer({ apiKeys: [KEY], args: ['--concurrency', '8'], env: { KLEINSERVE_DETERMINISTIC: '1' }, waitReady: false }),
   ]);
+  // Keep whichever did start, so that afterAll stops it even when the other failed.
+  [srv, detSrv] = started.map((s) => (s.status === 'fulfilled' ? s.value : undefined)) as ServerHandle[];
+  for (const s of started) if (s.status === 'rejected') throw s.reason;
   // Two engines loading at once on a loaded machine: longer than startServer's own wait.
   await Promise.all([srv, detSrv].map((s) => waitFor(async () => (await s.health()).ok === true, 230_000, 'engine ready')));
   api = new Api(srv.url, KEY);
