@@ -254,8 +254,21 @@ async function makeTinyModel(dirArg: string, python: string): Promise<void> {
   if (code !== 0) throw new Error(`the engine could not build the tiny model (${python} exited ${code})`);
 }
 
+/**
+ * Commander turns a boolean option on whenever its environment variable is set, whatever the value; an operator
+ * writing KLEINSERVE_DETERMINISTIC=0 means off, so false-looking values are removed before parsing.
+ */
+export function dropFalseBooleanEnv(cmd: Command, env: NodeJS.ProcessEnv = process.env): void {
+  for (const option of cmd.options) {
+    const value = option.envVar && option.isBoolean() ? env[option.envVar] : undefined;
+    if (value !== undefined && /^(|0|false|no|off)$/i.test(value.trim())) delete env[option.envVar!];
+  }
+  for (const sub of cmd.commands) dropFalseBooleanEnv(sub, env);
+}
+
 export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
+  dropFalseBooleanEnv(program);
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (err) {

@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { KleinserveError } from '@kleinserve/sdk';
 import type { Command } from 'commander';
 import { describe, expect, it } from 'vitest';
-import { buildProgram, VERSION } from '../../src/cli.ts';
+import { buildProgram, dropFalseBooleanEnv, VERSION } from '../../src/cli.ts';
 import { describeFailure } from '../../src/cli-edit/command.ts';
 import { ConfigSchema } from '../../src/config.ts';
 
@@ -83,6 +83,15 @@ describe('kleinserve --help and --version', () => {
     expect(flag('edit').envVar).toBe('KLEINSERVE_API_KEY');
     expect(flag('serve').description).toMatch(/SERVER/);
     expect(flag('edit').description).toMatch(/CLIENT/);
+  });
+
+  it('reads a false-looking value of an on/off variable as off, and any other value as on', () => {
+    const env: NodeJS.ProcessEnv = { KLEINSERVE_DETERMINISTIC: '0', KLEINSERVE_ALLOW_SAFETY_OPT_OUT: 'false', KLEINSERVE_HOST: '0' };
+    dropFalseBooleanEnv(buildProgram(), env);
+    expect(env).toEqual({ KLEINSERVE_HOST: '0' });
+    const on: NodeJS.ProcessEnv = { KLEINSERVE_DETERMINISTIC: '1', KLEINSERVE_ALLOW_SAFETY_OPT_OUT: 'yes' };
+    dropFalseBooleanEnv(buildProgram(), on);
+    expect(on).toEqual({ KLEINSERVE_DETERMINISTIC: '1', KLEINSERVE_ALLOW_SAFETY_OPT_OUT: 'yes' });
   });
 
   it('refuses an unknown option or command with exit 64 and a pointer to --help', async () => {
