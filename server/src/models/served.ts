@@ -28,21 +28,14 @@ export function parseServedModel(spec: string): ServedModel {
   return { id: own?.id ?? DEFAULT_MODEL, checkpoint: s };
 }
 
-/** Each spec parsed; a public id served twice is refused (one engine per model). */
+/**
+ * Each spec parsed, one engine per public id: a later spec for a model already named replaces the earlier one,
+ * as a repeated `--model` always did (`--model X --model Y` still serves Y alone).
+ */
 export function parseServedModels(specs: string[]): ServedModel[] {
-  const models = specs.map(parseServedModel);
-  const seen = new Map<string, string>();
-  for (const m of models) {
-    const first = seen.get(m.id);
-    if (first !== undefined) {
-      throw new Error(
-        `--model: ${m.id} would be served by both ${JSON.stringify(first)} and ${JSON.stringify(m.checkpoint)}; ` +
-          'give each checkpoint its own public id, e.g. --model flux-2-klein-base-4b=CHECKPOINT',
-      );
-    }
-    seen.set(m.id, m.checkpoint);
-  }
-  return models;
+  const byId = new Map<string, ServedModel>();
+  for (const m of specs.map(parseServedModel)) byId.set(m.id, m);
+  return [...byId.values()];
 }
 
 /** The models a config serves: `models`, else its one `model` as flux-2-klein-4b (configs built without `models`). */

@@ -19,10 +19,14 @@ describe('--model', () => {
     ]);
   });
 
-  it('refuses an unknown public id, an empty checkpoint and a model served twice, naming what to do', () => {
+  it('refuses an unknown public id and an empty checkpoint, naming what to do', () => {
     expect(() => parseServedModels(['flux-3=tiny'])).toThrow(/"flux-3" is not a FLUX.2 \[klein\] model \(one of: flux-2-klein-4b, /);
     expect(() => parseServedModels(['flux-2-klein-9b='])).toThrow(/give the checkpoint after "="/);
-    expect(() => parseServedModels(['tiny', 'tiny-base'])).toThrow(/flux-2-klein-4b would be served by both "tiny" and "tiny-base"; give each checkpoint its own public id/);
+  });
+
+  it('lets a later --model for the same model replace the earlier one, as a repeated flag always did', () => {
+    expect(parseServedModels(['tiny', '/m/4b'])).toEqual([{ id: 'black-forest-labs/flux-2-klein-4b', checkpoint: '/m/4b' }]);
+    expect(parseServedModels(['tiny', 'flux-2-klein-9b=/m/9b', 'flux-2-klein-4b=/m/4b']).map((m) => m.checkpoint)).toEqual(['/m/4b', '/m/9b']);
   });
 
   it('reads repeated flags and the comma-separated variable; one flag keeps the old single-model config', () => {
@@ -32,7 +36,7 @@ describe('--model', () => {
     const env = loadConfig({ data: '/x' }, { KLEINSERVE_MODEL: 'tiny, flux-2-klein-9b=/m/9b' });
     expect(env.models?.map((m) => m.checkpoint)).toEqual(['tiny', '/m/9b']);
     expect(loadConfig({ data: '/x', model: '/m/4b' }, {}).models).toEqual([{ id: 'black-forest-labs/flux-2-klein-4b', checkpoint: '/m/4b' }]);
-    expect(() => loadConfig({ data: '/x', model: ['tiny', 'tiny'] }, {})).toThrow(/invalid configuration:\n {2}model: --model: /);
+    expect(() => loadConfig({ data: '/x', model: ['tiny', 'flux-3=tiny'] }, {})).toThrow(/invalid configuration:\n {2}model: --model "flux-3=tiny": /);
   });
 });
 
