@@ -16,7 +16,7 @@ let redis: RedisServer;
 let storageDir: string;
 let rejecting: ApiProc;
 let queueing: ApiProc;
-const workers: Proc[] = [];
+const workers: (Proc & { id: string })[] = [];
 let image: string;
 
 const post = (api: ApiProc, route: string, input: Record<string, unknown>, prefer?: string) =>
