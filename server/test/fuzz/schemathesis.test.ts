@@ -10,6 +10,8 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startServer, tmpDir, type ServerHandle } from '../helpers/server.ts';
 
 const ST = path.resolve(import.meta.dirname, '../../../.venv/bin/schemathesis');
+// Per-operation settings (where a documented 504 is an answer, not a server error): see the file.
+const CONFIG = path.resolve(import.meta.dirname, 'schemathesis.toml');
 const KEY = 'fuzz_key';
 let server: ServerHandle;
 
@@ -39,12 +41,14 @@ function run(cmd: string, args: string[]): Promise<{ code: number | null; out: s
 it('finds no 5xx and no response or status code that breaks the OpenAPI document', { timeout: 540_000 }, async () => {
   expect(fs.existsSync(ST), `${ST} missing: run scripts/setup.sh`).toBe(true);
   const reportDir = tmpDir('ks-fuzz-');
+  const started = Date.now();
   const { code, out } = await run(ST, [
+    '--config-file', CONFIG,
     'run', `${server.url}/openapi.json`,
     '-H', `Authorization: Bearer ${KEY}`,
     '--checks', 'all',
     '--exclude-checks', 'positive_data_acceptance',
-    '--max-examples', process.env.KS_FUZZ_EXAMPLES ?? '10',
+    '--max-examples', process.env.KS_FUZZ_EXAMPLES ?? '5',
     '--seed', process.env.KS_FUZZ_SEED ?? '1',
     '--workers', '1',
     '--request-timeout', '30',
@@ -55,6 +59,7 @@ it('finds no 5xx and no response or status code that breaks the OpenAPI document
     '--report', 'junit', '--report-dir', reportDir,
   ]);
   fs.rmSync(reportDir, { recursive: true, force: true });
+  console.log(`schemathesis took ${Math.round((Date.now() - started) / 1000)} s`);
   expect(code, out.slice(-12_000)).toBe(0);
   // Every operation in the document was reached.
   const doc = (await (await fetch(`${server.url}/openapi.json`)).json()) as { paths: Record<string, object> };

@@ -9,7 +9,7 @@ import { endedWithoutOutput } from '../../runs/failure.ts';
 import { DEFAULT_MODEL, editModelId, KLEIN_MODELS, pascalName } from '../../models/registry.ts';
 import type { SurfaceDeps } from '../surface.ts';
 import { toRunRequest } from './inputs.ts';
-import { EditInputSchema, errorResponses, TextToImageInputSchema } from './schemas.ts';
+import { EditInputSchema, ErrorBodySchema, errorResponses, TextToImageInputSchema } from './schemas.ts';
 
 const LegacyAnswerSchema = z.object({
   id: z.string(),
@@ -39,7 +39,8 @@ export const legacyRoutes: FastifyPluginAsyncZod<SurfaceDeps> = async (app, { ru
           summary: "Runflow's flat route: the inputs are the body; answers when the run ends",
           tags: ['runs'],
           body: route.body,
-          response: { 200: LegacyAnswerSchema, ...errorResponses },
+          // 504: still running at the wait cap; the body names the run to read instead.
+          response: { 200: LegacyAnswerSchema, ...errorResponses, 504: ErrorBodySchema },
         },
       },
       async (req, reply) => {
