@@ -172,7 +172,8 @@ export class LocalDispatcher {
           num_images: input.num_images,
           output_format: input.output_format,
           output_quality: input.output_quality,
-          guidance_scale: input.guidance_scale,
+          // A distilled checkpoint has no guidance pass: its guidance_scale is documented as ignored, not sent.
+          guidance_scale: engine.status().model_info?.supports_guidance === false ? undefined : input.guidance_scale,
           negative_prompt: input.negative_prompt,
           safety_checker: input.safety_checker,
           ...(loras.length ? { loras } : {}),

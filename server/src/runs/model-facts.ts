@@ -1,7 +1,9 @@
 // Requests checked against the loaded checkpoint's facts (the engine's health `model_info` and `safety`), so
 // a value the checkpoint would not use is a 422 at submit time instead of a failed run: the engine refuses it
-// too (never drops it), but only once the run reaches it. Unknown facts (engine still loading, or an api
-// replica that sees only its regions) check nothing here; the engine's refusal then fails the run.
+// too (never drops it), but only once the run reaches it. The one exception is guidance_scale on a distilled
+// checkpoint, which every provider's clients send: it is accepted, kept on the run, and documented as ignored.
+// Unknown facts (engine still loading, or an api replica that sees only its regions) check nothing here; the
+// engine's refusal then fails the run.
 import type { ModelFacts, SafetyFacts } from '../engine/limits.ts';
 import type { FieldError } from '../errors.ts';
 import type { GenerateInput } from './inputs.ts';
@@ -26,12 +28,8 @@ export function checkAgainstModel(input: GenerateInput, facts: EngineFacts): Fie
   const g = input.guidance_scale;
   const neg = input.negative_prompt ?? '';
   if (m && !m.supports_guidance) {
-    if (g !== undefined && g !== m.default_guidance) {
-      errors.push({
-        field: 'input.guidance_scale',
-        reason: `${m.id} is a distilled checkpoint and takes no classifier-free guidance: leave guidance_scale out (or ${m.default_guidance})`,
-      });
-    }
+    // guidance_scale is accepted and ignored here (documented): Runflow's, fal's and Replicate's clients send it
+    // for every klein checkpoint, and a distilled one has no guidance pass to give it to (dispatch leaves it out).
     if (neg !== '') {
       errors.push({ field: 'input.negative_prompt', reason: `${m.id} is a distilled checkpoint and takes no negative prompt (it runs no guidance pass)` });
     }
