@@ -2,7 +2,9 @@
 // the tiny model behind it). Every check runs except positive_data_acceptance: no JSON schema can say
 // "this string must decode as an image" or "image_size or width/height, not both", so schema-valid bodies
 // are legitimately refused with 422 naming the field. Bounded: a fixed number of examples per operation
-// and a fixed seed (KS_FUZZ_SEED / KS_FUZZ_EXAMPLES override, to explore further by hand).
+// and a fixed seed (KS_FUZZ_SEED / KS_FUZZ_EXAMPLES override, to explore further by hand). Most of the time
+// goes to the coverage phase's schema-valid bodies on the text-to-image routes that hold until the run ends
+// (each a real default-size run on the engine); one worker, as the engine is the bottleneck on 2 cores.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
