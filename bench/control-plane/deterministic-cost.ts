@@ -2,15 +2,12 @@
 // real server + engine, batched by default vs every run `deterministic: true` (never batched, prompt encoded
 // alone), alternating the two modes burst by burst in one sitting so that machine load hits both alike.
 // Usage: node --import tsx bench/control-plane/deterministic-cost.ts [--reps 5] [--burst 8] [--size 512] [--steps 2] [--model DIR]
-import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { parseArgs } from 'node:util';
-import sharp from 'sharp';
+import { KEY, machine as machineLine, photo, ROOT, startServer } from './server-harness.ts';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
 const { values } = parseArgs({
   options: {
     reps: { type: 'string', default: '5' },
@@ -25,8 +22,6 @@ const REPS = Number(values.reps);
 const BURST = Number(values.burst);
 const SIZE = Number(values.size);
 const STEPS = Number(values.steps);
-const KEY = 'bench_key';
-const python = process.env.KLEINSERVE_PYTHON || path.join(ROOT, '.venv/bin/python');
 const MODES = ['batched', 'deterministic'] as const;
 type Mode = (typeof MODES)[number];
 
@@ -37,18 +32,6 @@ const median = (xs: number[]) => {
 };
 const loadavg = () => os.loadavg().map((x) => round(x, 2));
 
-async function photo(): Promise<Buffer> {
-  const raw = Buffer.alloc(SIZE * SIZE * 3);
-  for (let y = 0; y < SIZE; y++)
-    for (let x = 0; x < SIZE; x++) {
-      const i = (y * SIZE + x) * 3, n = (Math.random() - 0.5) * 40;
-      raw[i] = Math.max(0, Math.min(255, (x / SIZE) * 255 + n));
-      raw[i + 1] = Math.max(0, Math.min(255, (y / SIZE) * 255 + n));
-      raw[i + 2] = Math.max(0, Math.min(255, 128 + 100 * Math.sin(x / 30) + n));
-    }
-  return sharp(raw, { raw: { width: SIZE, height: SIZE, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
-}
-
 /** The engine's denoise batch histogram (count and sum of images), read from the server's /metrics. */
 async function batchHistogram(url: string): Promise<{ batches: number; images: number }> {
   const text = await (await fetch(`${url}/metrics`)).text();
@@ -57,31 +40,10 @@ async function batchHistogram(url: string): Promise<{ batches: number; images: n
 }
 
 async function main() {
-  let model = values.model;
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ks-bench-det-'));
-  if (!model) {
-    model = path.join(tmp, 'tiny');
-    const r = spawnSync(python, ['-m', 'kleinserve_engine', 'make-tiny-model', model], { stdio: 'inherit' });
-    if (r.status !== 0) throw new Error('make-tiny-model failed');
-  }
   // --concurrency = the burst, so every run of a burst reaches the engine's batcher together.
-  const server = spawn(
-    process.execPath,
-    [path.join(ROOT, 'server/bin/kleinserve.mjs'), 'serve', '--model', model, '--port', '0', '--data', path.join(tmp, 'data'), '--api-key', KEY, '--concurrency', String(BURST)],
-    { env: { ...process.env, LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  const url: string = await new Promise((resolve) => {
-    readline.createInterface({ input: server.stdout! }).on('line', (l) => {
-      const m = JSON.parse(l);
-      if (m.event === 'listening') resolve(m.url);
-    });
-  });
-  for (;;) {
-    const h = await fetch(`${url}/v1/health`).then((r) => r.json()).catch(() => ({}));
-    if (h.ok) break;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  const image = `data:image/jpeg;base64,${(await photo()).toString('base64')}`;
+  const { server, url } = await startServer({ tmp, model: values.model, args: ['--concurrency', String(BURST)], env: { ...process.env, LOG_LEVEL: 'warn' } });
+  const image = `data:image/jpeg;base64,${(await photo(SIZE)).toString('base64')}`;
   const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json', prefer: 'wait' };
 
   async function run(input: Record<string, unknown>): Promise<{ ms: number; engineMs: number }> {
@@ -157,8 +119,7 @@ async function main() {
     const [b, d] = MODES.map((m) => bursts.find((x) => x.rep === rep && x.mode === m)!);
     return d.wall_ms / b.wall_ms;
   });
-  const cpu = os.cpus();
-  const machine = `${cpu[0]?.model ?? 'unknown CPU'}, ${cpu.length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, ${os.type()} ${os.release()}, Node ${process.version}`;
+  const machine = machineLine();
   const command = `node --import tsx bench/control-plane/deterministic-cost.ts --reps ${REPS} --burst ${BURST} --size ${SIZE} --steps ${STEPS}`;
   const result = {
     benchmark: `deterministic cost: bursts of ${BURST} concurrent ${SIZE}x${SIZE} edit runs (different seeds and prompts), batched default vs deterministic: true`,

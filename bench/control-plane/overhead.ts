@@ -1,15 +1,12 @@
 // Control-plane overhead: client wall time of POST ... Prefer: wait for a 512x512 JPEG (inline) minus the
 // engine's own total_ms, over N sequential runs after warm-up, against the real server + tiny engine.
 // Usage: node --import tsx bench/control-plane/overhead.ts [--runs 200] [--warmup 20] [--steps 1] [--model DIR]
-import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { parseArgs } from 'node:util';
-import sharp from 'sharp';
+import { KEY, machine as machineLine, photo, ROOT, startServer } from './server-harness.ts';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
 const { values } = parseArgs({
   options: {
     runs: { type: 'string', default: '200' },
@@ -22,8 +19,6 @@ const { values } = parseArgs({
 const RUNS = Number(values.runs);
 const WARMUP = Number(values.warmup);
 const STEPS = Number(values.steps);
-const KEY = 'bench_key';
-const python = process.env.KLEINSERVE_PYTHON || path.join(ROOT, '.venv/bin/python');
 
 function pct(sorted: number[], p: number): number {
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
@@ -34,43 +29,10 @@ const summary = (xs: number[]) => {
   return { p50: pct(s, 50), p90: pct(s, 90), p99: pct(s, 99), max: pct(s, 100), mean: Math.round((xs.reduce((a, b) => a + b, 0) / xs.length) * 100) / 100 };
 };
 
-async function photo(): Promise<Buffer> {
-  // Smooth gradients plus noise: compresses like a photo (~50-100 kB), not like a flat test card.
-  const w = 512, h = 512, raw = Buffer.alloc(w * h * 3);
-  for (let y = 0; y < h; y++)
-    for (let x = 0; x < w; x++) {
-      const i = (y * w + x) * 3, n = (Math.random() - 0.5) * 40;
-      raw[i] = Math.max(0, Math.min(255, (x / w) * 255 + n));
-      raw[i + 1] = Math.max(0, Math.min(255, (y / h) * 255 + n));
-      raw[i + 2] = Math.max(0, Math.min(255, 128 + 100 * Math.sin(x / 30) + n));
-    }
-  return sharp(raw, { raw: { width: w, height: h, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
-}
-
 async function main() {
-  let model = values.model;
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ks-bench-'));
-  if (!model) {
-    model = path.join(tmp, 'tiny');
-    const r = spawnSync(python, ['-m', 'kleinserve_engine', 'make-tiny-model', model], { stdio: 'inherit' });
-    if (r.status !== 0) throw new Error('make-tiny-model failed');
-  }
-  const server = spawn(process.execPath, [path.join(ROOT, 'server/bin/kleinserve.mjs'), 'serve', '--model', model, '--port', '0', '--data', path.join(tmp, 'data'), '--api-key', KEY], {
-    env: { LOG_LEVEL: 'warn', ...process.env },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const url: string = await new Promise((resolve) => {
-    readline.createInterface({ input: server.stdout! }).on('line', (l) => {
-      const m = JSON.parse(l);
-      if (m.event === 'listening') resolve(m.url);
-    });
-  });
-  for (;;) {
-    const h = await fetch(`${url}/v1/health`).then((r) => r.json()).catch(() => ({}));
-    if (h.ok) break;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  const jpeg = await photo();
+  const { server, url } = await startServer({ tmp, model: values.model, env: { LOG_LEVEL: 'warn', ...process.env } });
+  const jpeg = await photo(512);
   const loadBefore = os.loadavg().map((x) => Math.round(x * 100) / 100);
   const body = JSON.stringify({ input: { prompt: 'turn it into a watercolor painting', image_urls: [`data:image/jpeg;base64,${jpeg.toString('base64')}`], steps: STEPS } });
   const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json', prefer: 'wait' };
@@ -97,8 +59,7 @@ async function main() {
   }
   server.kill('SIGTERM');
 
-  const cpu = os.cpus();
-  const machine = `${cpu[0]?.model ?? 'unknown CPU'}, ${cpu.length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, ${os.type()} ${os.release()}, Node ${process.version}`;
+  const machine = machineLine();
   const result = {
     benchmark: 'control-plane overhead: client wall time of POST with Prefer: wait minus engine total_ms',
     machine,
