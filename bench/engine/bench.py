@@ -321,11 +321,15 @@ class Report:
 
     def save(self) -> None:
         self.data["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        js, md = self.paths
-        for path, text in ((js, json.dumps(self.data, indent=2) + "\n"), (md, markdown(self.data))):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)  # a kill mid-write leaves the previous complete file
+        write_report(self.out, self.name, self.data, markdown(self.data))
+
+
+def write_report(out: Path, name: str, data: dict, md: str) -> None:
+    """Writes <name>.json and <name>.md under out, each whole or not at all."""
+    for path, text in ((out / f"{name}.json", json.dumps(data, indent=2) + "\n"), (out / f"{name}.md", md)):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)  # a kill mid-write leaves the previous complete file
 
 
 def _fmt(v, spec=".3f", none="—"):

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "engine"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import build_components, cut_text_encoder, machine, percentile, sync  # noqa: E402
+from bench import build_components, cut_text_encoder, machine, percentile, slug_for, sync, write_report  # noqa: E402
 from kleinserve_engine import tiny  # noqa: E402
 from kleinserve_engine.fastpath import FastPathOptions  # noqa: E402
 from kleinserve_engine.loading import LoadedModel  # noqa: E402
@@ -182,8 +182,7 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     size = 64 if args.tiny else 1024
     ranks = [int(r) for r in (args.ranks or ("4,16" if args.tiny else "16,64")).split(",") if r]
-    slug = "tiny-" + device.type if args.tiny else (re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
-                                                   if device.type == "cuda" else "cpu")
+    slug = slug_for(device, args.tiny)
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"lora-{slug}" + (f"-{args.tag}" if args.tag else "")
     report = {"machine": machine(device), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -192,10 +191,7 @@ def main(argv=None) -> int:
               "command": " ".join(["python", *sys.argv]), "compile": None, "cases": {}, "first_use": []}
 
     def save():
-        for path, text in ((args.out / f"{name}.json", json.dumps(report, indent=2) + "\n"), (args.out / f"{name}.md", markdown(report))):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+        write_report(args.out, name, report, markdown(report))
 
     def guarded(where: dict, fn):
         try:

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
-import re
 import sys
 import tempfile
 import time
@@ -30,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "engine"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import build_components, cut_text_encoder, machine, percentile, sync  # noqa: E402
+from bench import build_components, cut_text_encoder, machine, percentile, slug_for, sync, write_report  # noqa: E402
 from kleinserve_engine import tiny  # noqa: E402
 from kleinserve_engine.fastpath import FastPathOptions  # noqa: E402
 from kleinserve_engine.loading import LoadedModel  # noqa: E402
@@ -106,8 +103,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     size = 64 if args.tiny else 1024
-    slug = "tiny-" + device.type if args.tiny else (re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
-                                                   if device.type == "cuda" else "cpu")
+    slug = slug_for(device, args.tiny)
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"safety-{slug}"
     work = Path(tempfile.mkdtemp(prefix="safety-bench-"))
@@ -123,10 +119,7 @@ def main(argv=None) -> int:
               "warmup": args.warmup, "command": " ".join(["python", *sys.argv]), "compile": None, "cases": {}}
 
     def save():
-        for path, text in ((args.out / f"{name}.json", json.dumps(report, indent=2) + "\n"), (args.out / f"{name}.md", markdown(report))):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+        write_report(args.out, name, report, markdown(report))
 
     tokenizer, lm, transformer, vae = build_components(device, dtype, args.tiny)
     model = LoadedModel(model_id=report["model"], path=Path("."), device=device, dtype=dtype, tokenizer=tokenizer,
