@@ -12,19 +12,22 @@ const jsonText = (v: unknown) => {
   }
 };
 
+/** A number, or (multipart) its text: coercion limited to text, so JSON null, booleans and "" stay refused. */
+const numeric = <T extends z.ZodType<number, number>>(n: T) => z.union([n, z.string().trim().min(1)]).pipe(z.coerce.number().pipe(n));
+
 export const OpenAiParamsSchema = z.strictObject({
   prompt: z.string().trim().min(1, 'must not be empty').max(INPUT_LIMITS.maxPromptChars),
-  n: z.coerce.number().int().min(1).max(INPUT_LIMITS.maxOutputs).optional(),
+  n: numeric(z.number().int().min(1).max(INPUT_LIMITS.maxOutputs)).optional(),
   size: z
     .string()
     .regex(/^(auto|\d{2,4}x\d{2,4})$/, 'use WxH (e.g. 1024x1024) or auto')
     .optional(),
   response_format: z.enum(['b64_json', 'url']).optional(),
   output_format: z.enum(['jpeg', 'png', 'webp']).optional(),
-  output_compression: z.coerce.number().int().min(1).max(100).optional(),
-  seed: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
-  num_inference_steps: z.coerce.number().int().min(1).max(INPUT_LIMITS.maxSteps).optional(),
-  guidance_scale: z.coerce.number().min(INPUT_LIMITS.minGuidance).max(INPUT_LIMITS.maxGuidance).optional()
+  output_compression: numeric(z.number().int().min(1).max(100)).optional(),
+  seed: numeric(z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)).optional(),
+  num_inference_steps: numeric(z.number().int().min(1).max(INPUT_LIMITS.maxSteps)).optional(),
+  guidance_scale: numeric(z.number().min(INPUT_LIMITS.minGuidance).max(INPUT_LIMITS.maxGuidance)).optional()
     .describe('base checkpoints only; a distilled checkpoint refuses anything but 1 (422)'),
   negative_prompt: inputFields.negativePrompt().optional().describe('base checkpoints with guidance_scale above 1'),
   loras: z.preprocess(jsonText, inputFields.loras()).optional().describe('[{path, scale}] (in multipart: that array as JSON text)'),
