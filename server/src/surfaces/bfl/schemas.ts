@@ -1,6 +1,7 @@
 // BFL's wire schemas for POST /v1/flux-2-klein-4b and its polling route.
 import { z } from 'zod';
 import { inputFields } from '../../runs/limits.ts';
+import { FASTAPI_ERROR_JSON_SCHEMA } from '../fastapi-error.ts';
 
 const image = () => z.string().max(40_000_000).describe('http(s) URL, data: URI or raw base64');
 
@@ -49,19 +50,5 @@ export const BflResultSchema = z
 
 export const BflResultQuerySchema = z.object({ id: z.string().min(1).max(64) });
 
-/** BFL's error body in OpenAPI: `detail` (FastAPI's {loc, msg, type} list for fields, else a string) and the contract's fields. */
-export const BFL_ERROR_JSON_SCHEMA = {
-  type: 'object',
-  required: ['detail', 'code', 'message', 'errors'],
-  properties: {
-    detail: {
-      oneOf: [
-        { type: 'string' },
-        { type: 'array', items: { type: 'object', required: ['loc', 'msg', 'type'], properties: { loc: { type: 'array' }, msg: { type: 'string' }, type: { type: 'string' } } } },
-      ],
-    },
-    code: { type: 'string' },
-    message: { type: 'string' },
-    errors: { type: 'array', items: { type: 'object', required: ['field', 'reason'], properties: { field: { type: 'string' }, reason: { type: 'string' } } } },
-  },
-};
+/** BFL's error body in OpenAPI: FastAPI's, since BFL serves on FastAPI. */
+export const BFL_ERROR_JSON_SCHEMA = FASTAPI_ERROR_JSON_SCHEMA;

@@ -3,6 +3,7 @@
 import { z } from 'zod';
 import { INPUT_LIMITS, inputFields } from '../../runs/limits.ts';
 import { IMAGE_SIZE_PRESETS, type ImageSizePreset } from '../../runs/sizes.ts';
+import { FASTAPI_ERROR_JSON_SCHEMA } from '../fastapi-error.ts';
 
 const PRESETS = Object.keys(IMAGE_SIZE_PRESETS) as [ImageSizePreset, ...ImageSizePreset[]];
 
@@ -93,21 +94,5 @@ export const FalCancelSchema = z.object({
   errors: z.array(z.object({ field: z.string(), reason: z.string() })).optional(),
 });
 
-const FIELD_ERRORS = { type: 'array', items: { type: 'object', required: ['field', 'reason'], properties: { field: { type: 'string' }, reason: { type: 'string' } } } };
-
-/** fal's error body in OpenAPI: `detail` (FastAPI's {loc, msg, type} list for fields, else a string) and the contract's fields. */
-export const FAL_ERROR_JSON_SCHEMA = {
-  type: 'object',
-  required: ['detail', 'code', 'message', 'errors'],
-  properties: {
-    detail: {
-      oneOf: [
-        { type: 'string' },
-        { type: 'array', items: { type: 'object', required: ['loc', 'msg', 'type'], properties: { loc: { type: 'array' }, msg: { type: 'string' }, type: { type: 'string' } } } },
-      ],
-    },
-    code: { type: 'string' },
-    message: { type: 'string' },
-    errors: FIELD_ERRORS,
-  },
-};
+/** fal's error body in OpenAPI: FastAPI's, since fal serves on FastAPI. */
+export const FAL_ERROR_JSON_SCHEMA = FASTAPI_ERROR_JSON_SCHEMA;
