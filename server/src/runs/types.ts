@@ -1,4 +1,6 @@
 // The run as the control plane keeps it. Each surface renders it into its own wire shape.
+import type { EditInput } from './inputs.ts';
+
 export const RUN_STATUSES = ['queued', 'dispatching', 'running', 'succeeded', 'failed', 'canceled'] as const;
 export type RunStatus = (typeof RUN_STATUSES)[number];
 export const TERMINAL: ReadonlySet<RunStatus> = new Set(['succeeded', 'failed', 'canceled']);
@@ -9,24 +11,14 @@ export type StoredImage =
   /** Inline bytes live in the object store under `key`, so a restart can still run the run. */
   | { kind: 'inline'; key: string; bytes: number; mime?: string };
 
-/** Canonical edit parameters after validation and alias resolution. */
-export interface RunInput {
-  prompt: string;
+/**
+ * The canonical input as a run records it: images stored (a restart can still run it), seed and steps resolved.
+ * Everything else is the caller's input as the surface translated it.
+ */
+export interface RunInput extends Omit<EditInput, 'images' | 'seed' | 'steps'> {
   images: StoredImage[];
   seed: number;
   steps: number;
-  output_format: 'jpeg' | 'png' | 'webp';
-  output_quality: number;
-  width: number | null;
-  height: number | null;
-  num_images: number;
-  guidance_scale?: number;
-  negative_prompt?: string;
-  safety_checker?: boolean;
-  /** As the caller named them; resolved to files only when the run is prepared for the engine. */
-  loras?: { path: string; scale: number }[];
-  /** Byte-identical output asked for: the engine never batches this run (absent: false). */
-  deterministic?: boolean;
 }
 
 export interface StoredOutputImage {
