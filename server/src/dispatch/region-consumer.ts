@@ -7,9 +7,6 @@
 import { randomUUID } from 'node:crypto';
 import { Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { Logger } from 'pino';
-import type { Engine } from '../engine/engine.ts';
-import type { Metrics } from '../metrics.ts';
 import { RunEventBus } from '../runs/events.ts';
 import { RunLifecycle } from '../runs/lifecycle.ts';
 import type { PostgresStore } from '../runs/postgres-store.ts';
@@ -18,22 +15,16 @@ import { isTerminal, type RunRecord } from '../runs/types.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { DEFAULT_MODEL, modelOfRun } from '../models/registry.ts';
 import { queueName, type RunJobData } from './bullmq-queue.ts';
-import { LocalDispatcher } from './local-dispatcher.ts';
-import type { PreprocessDeps } from './preprocess.ts';
+import { LocalDispatcher, type DispatcherDeps } from './local-dispatcher.ts';
 
-export interface RegionConsumerOptions {
+/** What the worker hands its LocalDispatcher, plus what it needs to consume its queue and fence its writes. */
+export interface RegionConsumerOptions extends Pick<DispatcherDeps, 'engine' | 'objects' | 'preprocess' | 'logger' | 'metrics' | 'concurrency'> {
   id: string;
   region: string;
   /** The public id of the model this worker's engine serves: it consumes that model's queue only. */
   model?: string;
   store: PostgresStore;
   connection: Redis;
-  engine: Engine;
-  objects: ObjectStore;
-  preprocess: PreprocessDeps;
-  logger: Logger;
-  metrics?: Metrics;
-  concurrency: number;
   maxAttempts: number;
   /** Our hold on a claimed run in Postgres; renewed every third of it. Matches BullMQ's lockDuration. */
   leaseMs: number;
