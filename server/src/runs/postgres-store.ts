@@ -146,7 +146,10 @@ export class PostgresStore implements RunStore, DeliveryStore {
     return this.transitionGuarded(id, from, patch, delivery, null);
   }
 
-  /** As transitionGuarded; a refused write is a StorageWriteError (the transaction was rolled back). */
+  /**
+   * As transition, but only while `leaseToken` still holds the run (null: unfenced), so a worker that lost its
+   * lease loses the write; a refused write is a StorageWriteError (the transaction was rolled back).
+   */
   transitionGuarded(
     id: string,
     from: RunStatus[],
@@ -154,50 +157,41 @@ export class PostgresStore implements RunStore, DeliveryStore {
     delivery: NewDelivery | undefined,
     leaseToken: string | null,
   ): Promise<ClusterRun | null> {
-    return this.write(`run status (${patch.status})`, () => this.applyTransition(id, from, patch, delivery, leaseToken));
-  }
-
-  /** As transition, but only while `leaseToken` still holds the run: a worker that lost its lease loses the write. */
-  private async applyTransition(
-    id: string,
-    from: RunStatus[],
-    patch: RunPatch & { status: RunStatus },
-    delivery: NewDelivery | undefined,
-    leaseToken: string | null,
-  ): Promise<ClusterRun | null> {
-    const keys = PATCHABLE.filter((k) => k in patch);
-    const params: unknown[] = [id, from];
-    const sets = keys.map((k) => {
-      params.push(toColumn(k, (patch as Row)[k]));
-      return `${k} = $${params.length}`;
-    });
-    let guard = '';
-    if (leaseToken) {
-      params.push(leaseToken);
-      guard = ` AND lease_token = $${params.length}`;
-    }
-    const sql = `UPDATE runs SET ${sets.join(', ')} WHERE id = $1 AND status = ANY($2)${guard} RETURNING *`;
-    if (!delivery) {
-      const { rows } = await this.pool.query(sql, params);
-      return rows[0] ? toRecord(rows[0]) : null;
-    }
-    const c = await this.pool.connect();
-    try {
-      await c.query('BEGIN');
-      const { rows } = await c.query(sql, params);
-      if (rows[0]) {
-        await c.query('INSERT INTO deliveries (run_id, url, event, body, signing, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6)', [
-          delivery.run_id, delivery.url, delivery.event, delivery.body, delivery.signing ?? null, Date.now(),
-        ]);
+    return this.write(`run status (${patch.status})`, async () => {
+      const keys = PATCHABLE.filter((k) => k in patch);
+      const params: unknown[] = [id, from];
+      const sets = keys.map((k) => {
+        params.push(toColumn(k, (patch as Row)[k]));
+        return `${k} = $${params.length}`;
+      });
+      let guard = '';
+      if (leaseToken) {
+        params.push(leaseToken);
+        guard = ` AND lease_token = $${params.length}`;
       }
-      await c.query('COMMIT');
-      return rows[0] ? toRecord(rows[0]) : null;
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => {});
-      throw err;
-    } finally {
-      c.release();
-    }
+      const sql = `UPDATE runs SET ${sets.join(', ')} WHERE id = $1 AND status = ANY($2)${guard} RETURNING *`;
+      if (!delivery) {
+        const { rows } = await this.pool.query(sql, params);
+        return rows[0] ? toRecord(rows[0]) : null;
+      }
+      const c = await this.pool.connect();
+      try {
+        await c.query('BEGIN');
+        const { rows } = await c.query(sql, params);
+        if (rows[0]) {
+          await c.query('INSERT INTO deliveries (run_id, url, event, body, signing, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6)', [
+            delivery.run_id, delivery.url, delivery.event, delivery.body, delivery.signing ?? null, Date.now(),
+          ]);
+        }
+        await c.query('COMMIT');
+        return rows[0] ? toRecord(rows[0]) : null;
+      } catch (err) {
+        await c.query('ROLLBACK').catch(() => {});
+        throw err;
+      } finally {
+        c.release();
+      }
+    });
   }
 
   async claimNext(modelIds?: string[]): Promise<RunRecord | null> {
