@@ -13,7 +13,7 @@ const jsonText = (v: unknown) => {
 };
 
 /** A number, or (multipart) its text: coercion limited to text, so JSON null, booleans and "" stay refused. */
-const numeric = <T extends z.ZodType<number, number>>(n: T) => z.union([n, z.string().trim().min(1)]).pipe(z.coerce.number().pipe(n));
+const numeric = <T extends z.ZodType<number, number>>(n: T) => z.union([n, z.string().trim().min(1).transform(Number)]).pipe(n);
 
 export const OpenAiParamsSchema = z.strictObject({
   prompt: z.string().trim().min(1, 'must not be empty').max(INPUT_LIMITS.maxPromptChars),
