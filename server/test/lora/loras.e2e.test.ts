@@ -225,6 +225,34 @@ describe('refusals', () => {
   });
 });
 
+describe('every surface', () => {
+  it('takes loras on the fal, Replicate and BFL routes too, as the same runs, with the same refusals', async () => {
+    const auth = { authorization: `Key ${KEY}`, 'content-type': 'application/json' };
+    const post = (path: string, body: unknown, headers: Record<string, string> = auth) =>
+      fetch(`${srv.url}${path}`, { method: 'POST', headers, body: JSON.stringify(body) });
+    const loras = [{ path: 'style', scale: 1 }];
+    const fal = await post('/fal/queue/fal-ai/flux-2/klein/4b/edit', { prompt: 'a fox', image_urls: [image], num_inference_steps: 1, loras });
+    const replicate = await post('/v1/models/black-forest-labs/flux-2-klein-4b/predictions', { input: { prompt: 'a fox', images: [image], loras } });
+    const bfl = await post('/v1/flux-2-klein-4b', { prompt: 'a fox', input_image: image, loras }, { 'x-key': KEY, 'content-type': 'application/json' });
+    const ids = [(await fal.json()).request_id, (await replicate.json()).id, (await bfl.json()).id];
+    for (const id of ids) {
+      const run = await api.waitTerminal(id, 180_000);
+      expect(run.status_code, JSON.stringify(run.error)).toBe('succeeded');
+      expect(run.input.loras).toEqual([{ path: 'style', scale: 1 }]);
+    }
+    const missing = [{ path: 'missing', scale: 1 }];
+    const refusals = await Promise.all([
+      post('/fal/queue/fal-ai/flux-2/klein/4b/edit', { prompt: 'a fox', image_urls: [image], loras: missing }),
+      post('/v1/models/black-forest-labs/flux-2-klein-4b/predictions', { input: { prompt: 'a fox', images: [image], loras: missing } }),
+      post('/v1/flux-2-klein-4b', { prompt: 'a fox', input_image: image, loras: missing }, { 'x-key': KEY, 'content-type': 'application/json' }),
+    ]);
+    for (const r of refusals) {
+      expect(r.status).toBe(422);
+      expect(JSON.stringify(await r.json())).toMatch(/loras\[0\]\.path/);
+    }
+  });
+});
+
 describe('batches and the rest of the input', () => {
   it('completes a batch that mixes runs with different LoRAs and none, each as it would alone', async () => {
     const variants = [[], [{ path: 'style', scale: 1 }], [], [{ path: `${base}/adapters/style.safetensors`, scale: 0.5 }, { path: 'style', scale: 0.3 }]];

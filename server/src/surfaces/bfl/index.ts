@@ -35,6 +35,7 @@ function toRunRequest(body: BflRequest): RunRequest {
       width: body.width ?? null,
       height: body.height ?? null,
       num_images: 1,
+      ...(body.loras?.length ? { loras: body.loras } : {}),
     },
     callback_url: body.webhook_url ?? null,
     ...(body.webhook_url

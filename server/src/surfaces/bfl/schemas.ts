@@ -1,6 +1,6 @@
 // BFL's wire schemas for POST /v1/flux-2-klein-4b and its polling route.
 import { z } from 'zod';
-import { inputFields } from '../../runs/limits.ts';
+import { INPUT_LIMITS, inputFields } from '../../runs/limits.ts';
 import { FASTAPI_ERROR_JSON_SCHEMA } from '../fastapi-error.ts';
 
 const image = () => z.string().max(40_000_000).describe('http(s) URL, data: URI or raw base64');
@@ -19,6 +19,7 @@ export const BflRequestSchema = z
     safety_tolerance: z.int().min(0).max(6).optional().describe("accepted; output checking is the operator's engine setting"),
     webhook_url: z.url({ protocol: /^https?$/ }).max(2048).optional(),
     webhook_secret: z.string().min(1).max(256).optional().describe('signs the webhook: X-BFL-Signature: sha256=<hex HMAC-SHA256 of the body>'),
+    loras: inputFields.loras().optional().describe(`up to ${INPUT_LIMITS.maxLoras} LoRAs {path, scale}: HF repo id, URL or adapters-dir name (a kleinserve extension)`),
   })
   .superRefine((v, ctx) => {
     if ((v.width === undefined) !== (v.height === undefined)) {

@@ -39,6 +39,7 @@ export function toRunRequest(body: PredictionBody): RunRequest {
       height: size?.height ?? null,
       num_images: 1,
       ...(input.disable_safety_checker !== undefined ? { safety_checker: !input.disable_safety_checker } : {}),
+      ...(input.loras?.length ? { loras: input.loras } : {}),
     },
     callback_url: body.webhook ?? null,
     ...(body.webhook
