@@ -4,10 +4,11 @@ import { ALIAS_FIELDS, ImageSizeSchema, resolveAliases } from '../../src/surface
 import { sizeForAspect } from '../../src/runs/sizes.ts';
 
 describe('input aliases', () => {
-  it('lets steps win over num_inference_steps and defaults to 4', () => {
+  it('lets steps win over num_inference_steps, and leaves steps unset for the checkpoint to default', () => {
     expect(resolveAliases({ steps: 3, num_inference_steps: 8 }).steps).toBe(3);
     expect(resolveAliases({ num_inference_steps: 8 }).steps).toBe(8);
-    expect(resolveAliases({}).steps).toBe(4);
+    // Intake fills in the loaded checkpoint's own default (4 distilled, 50 base; test/lora/guidance-safety).
+    expect(resolveAliases({}).steps).toBeUndefined();
   });
 
   it('takes width/height over image_size over aspect_ratio', () => {
