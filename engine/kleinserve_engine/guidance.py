@@ -10,7 +10,7 @@ the batch, so requests with and without guidance (and with different scales) sha
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import InvalidRequest
 from .model_family import MAX_GUIDANCE, NO_GUIDANCE, ModelFacts
@@ -65,6 +65,8 @@ class GuidancePlan:
     scales: list[float]
     cfg_rows: list[int]
     negative: object = None  # (len(cfg_rows), L, D) tensor, or None
+    # the row index tensors on the device, uploaded once per plan rather than at every step
+    _indices: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, scales: list[float], negatives: list, is_distilled: bool) -> "GuidancePlan":
@@ -78,11 +80,13 @@ class GuidancePlan:
         """The plan for the rows in `keep` (batch row indices, ascending), e.g. after a cancel."""
         import torch
 
+        from .uploads import upload
+
         new_index = {r: i for i, r in enumerate(keep)}
         kept = [j for j, r in enumerate(self.cfg_rows) if r in new_index]
         negative = None
         if kept:
-            negative = self.negative.index_select(0, torch.tensor(kept, device=self.negative.device, dtype=torch.long))
+            negative = self.negative.index_select(0, upload(torch.tensor(kept, dtype=torch.long), self.negative.device))
         return GuidancePlan([self.scales[r] for r in keep], [new_index[self.cfg_rows[j]] for j in kept], negative)
 
     def denoiser_rows(self, batch: int) -> list[int]:
@@ -95,14 +99,23 @@ class GuidancePlan:
         if not self.cfg_rows:
             return denoiser(hidden, text, t, img_ids, txt_ids)[:, :n_noisy]
         b = hidden.shape[0]
-        idx = torch.tensor(self.cfg_rows, device=hidden.device, dtype=torch.long)
+        idx = self._index("cfg", self.cfg_rows, hidden.device)
         out = denoiser(torch.cat([hidden, hidden.index_select(0, idx)]), torch.cat([text, self.negative.to(text.dtype)]),
                        torch.cat([t, t.index_select(0, idx)]), img_ids, txt_ids)
         cond, uncond = out[:b, :n_noisy], out[b:, :n_noisy]
         guided = torch.empty_like(uncond)
         for scale in dict.fromkeys(self.scales[r] for r in self.cfg_rows):
             # one Python-float scale per group, as the pipeline computes it: same rounding in bf16 and fp32
-            sel = torch.tensor([j for j, r in enumerate(self.cfg_rows) if self.scales[r] == scale], device=idx.device)
+            sel = self._index(scale, [j for j, r in enumerate(self.cfg_rows) if self.scales[r] == scale], idx.device)
             c, u = cond.index_select(0, idx.index_select(0, sel)), uncond.index_select(0, sel)
             guided.index_copy_(0, sel, u + scale * (c - u))
         return cond.index_copy(0, idx, guided)
+
+    def _index(self, key, rows: list[int], device):
+        import torch
+
+        from .uploads import upload
+
+        if key not in self._indices:
+            self._indices[key] = upload(torch.tensor(rows, dtype=torch.long), device)
+        return self._indices[key]

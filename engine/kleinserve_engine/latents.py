@@ -51,9 +51,9 @@ def decode(vae, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] (B, 3, H, W) -> uint8 (B, H, W, 3) on the CPU, rounding as diffusers' postprocess does."""
+    """[-1, 1] (B, 3, H, W) -> uint8 (B, H, W, 3) on the pixels' device, rounding as diffusers' postprocess does."""
     x = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
-    return (x * 255).round().to(torch.uint8).cpu()
+    return (x * 255).round().to(torch.uint8)
 
 
 def _grid(t: int, h: int, w: int) -> torch.Tensor:

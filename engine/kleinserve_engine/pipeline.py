@@ -3,12 +3,18 @@
 text encode -> reference VAE encode -> seeded noise -> Euler denoise of the noisy tokens -> VAE decode -> image encode.
 Requests in one batch share output size, steps and reference shapes (see batcher.py) but keep their own prompt,
 references and seed. Flux2KleinPipeline is the parity reference in tests only; nothing here calls it.
+
+The calling thread (the inference thread) runs a batch up to its decoded pixels and the safety classifier, and never
+waits for the GPU before that: stage times are CUDA events (stage_clock.py), progress is reported by a watcher
+thread (progress.py), and the pixels' copy to the host is the batch's one sync. Each request's image encoding then
+runs on a small thread pool while the calling thread takes the next batch.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,8 +31,11 @@ from .lora.rows import RowLora
 from .lora.store import AdapterStore, LoraOptions
 from .metrics import Metrics
 from .preprocess import Reference
-from .sampling import euler, sigmas, timestep
+from .progress import ProgressWatcher, StepProgress
+from .sampling import euler, seeded_noise, sigmas, timestep
+from .stage_clock import StageClock
 from .text_encoding import MAX_TOKENS, encode_prompts
+from .uploads import upload
 
 log = logging.getLogger("kleinserve_engine.pipeline")
 
@@ -53,6 +62,9 @@ class Job:
     loras: list = field(default_factory=list)  # [(lora.adapter.Adapter, scale)]: any mix shares a batch
     # runs alone (batcher.py) and encodes its prompt alone, uncached: its bytes do not depend on its neighbours
     deterministic: bool = False
+    # (num_images, 128, height/16, width/16) from Engine.job_noise, drawn while the request is prepared (server.py)
+    # so the inference thread does not; None: drawn when the batch runs
+    noise: torch.Tensor | None = None
 
     def batch_key(self) -> tuple:
         # guidance is per row (guidance.py), so guided and unguided requests share a batch
@@ -87,11 +99,31 @@ class EngineOptions:
     lora: LoraOptions | None = None
     safety: object = None  # safety.SafetyChecker run on every output image, or None
     deterministic: bool = False  # engine-wide: torch's deterministic algorithms (the server also batches nothing)
+    # image encoding (and the safety blur) threads: PIL releases the GIL while it encodes
+    encode_threads: int = 2
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass(eq=False)
+class _Decoded:
+    """A batch after the GPU: its pixels on the host, waiting for each request's images to be encoded."""
+
+    jobs: list[Job]
+    start: float  # host clock when the batch started
+    answers: dict  # job index -> the answer already known (canceled, refused)
+    rows: list = field(default_factory=list)  # (job index, seed) of each pixel row
+    pixels: np.ndarray | None = None  # (rows, H, W, 3) uint8
+    verdicts: list = field(default_factory=list)  # per row: safety.Verdict or None
+    stage_ms: dict = field(default_factory=dict)  # the GPU stages' times, the same for every request of the batch
+    safety_ms: float = 0.0
+    prompt_state: dict = field(default_factory=dict)
+    ref_state: dict = field(default_factory=dict)
+    reported: Future | None = None  # resolves once every progress frame of the batch has been sent
+
+
+def _resolved(value) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
 
 
 class Engine:
@@ -109,6 +141,13 @@ class Engine:
         self.adapters = AdapterStore(model.transformer, model.dtype, model.device, self.options.lora, self.metrics.registry)
         self.lora = RowLora(model.transformer, self.adapters, rank_multiple=16 if fp.compile else 1,
                             compiled=self.denoiser.compiled)
+        self._encoders = ThreadPoolExecutor(max_workers=self.options.encode_threads, thread_name_prefix="kleinserve-encode")
+        self._progress = ProgressWatcher()
+
+    def close(self) -> None:
+        """Lets the encodes already handed off finish and deliver their answers, then stops the helper threads."""
+        self._encoders.shutdown(wait=True)
+        self._progress.close()  # after the encodes: each waits for its batch's last progress frame
 
     # -- stages ---------------------------------------------------------------------------------------------
     def _cached(self, cache: ByteLRU, key):
@@ -153,22 +192,39 @@ class Engine:
         return out, state
 
     def noise(self, seed: int, h: int, w: int) -> torch.Tensor:
-        # Drawn on the CPU from the request's own generator: the same seed gives the same image on any device
-        # and in any batch position.
-        g = torch.Generator("cpu").manual_seed(seed)
-        return torch.randn((1, 128, h, w), generator=g, dtype=self.model.dtype)
+        return seeded_noise([seed], h, w, self.model.dtype)
+
+    def job_noise(self, job: Job) -> torch.Tensor:
+        """The job's noise; on CUDA in pinned memory, so its upload does not block. Safe on any thread: the server
+        draws it while it prepares the request."""
+        return seeded_noise(job.seeds, job.height // 16, job.width // 16, self.model.dtype,
+                            pin=self.model.device.type == "cuda")
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run_batch(self, jobs: list[Job]) -> list[JobResult | EngineError]:
-        """Runs jobs as one batch; if the batch fails, each job is retried alone so a failure stays its own."""
+        """Runs jobs as one batch and waits for their answers."""
+        return [self._outcome(f) for f in self.start_batch(jobs)]
+
+    def start_batch(self, jobs: list[Job]) -> list[Future]:
+        """Runs jobs as one batch up to their decoded pixels, hands each request's image encoding to the encoder
+        threads and returns: one future per job, resolving to its JobResult or EngineError. If the batch fails,
+        each job is retried alone so a failure stays its own."""
         try:
-            return self._run(jobs)
+            batch = self._run(jobs)
         except Exception as exc:
             self._release_memory()
             if len(jobs) > 1:
                 log.warning("batch of %d failed (%s: %s); retrying its requests one by one", len(jobs), type(exc).__name__, exc)
-                return [self.run_batch([j])[0] for j in jobs]
-            return [self._as_error(exc)]
+                return [self.start_batch([j])[0] for j in jobs]
+            return [_resolved(self._as_error(exc))]
+        return [_resolved(batch.answers[k]) if k in batch.answers and batch.reported is None
+                else self._encoders.submit(self._finish, batch, k) for k in range(len(jobs))]
+
+    def _outcome(self, future: Future) -> JobResult | EngineError:
+        try:
+            return future.result()
+        except Exception as exc:  # _finish answers with errors as values; anything else is a bug, still answered
+            return self._as_error(exc)
 
     def _as_error(self, exc: Exception) -> EngineError:
         if isinstance(exc, EngineError):
@@ -181,34 +237,32 @@ class Engine:
         if self.model.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _run(self, jobs: list[Job]) -> list[JobResult | EngineError]:
+    def _run(self, jobs: list[Job]) -> _Decoded:
+        """The inference thread's part of a batch: everything up to the decoded pixels and the safety verdicts."""
         m = self.model
         dev = m.device
         start = time.perf_counter()
-        results: dict[int, JobResult | EngineError] = {}
-        for k, j in enumerate(jobs):
-            if j.canceled:
-                results[k] = Canceled("canceled before it started")
-        live = [k for k in range(len(jobs)) if k not in results]
+        clock = StageClock(dev)
+        batch = _Decoded(jobs, start, {k: Canceled("canceled before it started") for k, j in enumerate(jobs) if j.canceled})
+        live = [k for k in range(len(jobs)) if k not in batch.answers]
         if not live:
-            return [results[k] for k in range(len(jobs))]
+            return batch
         first = jobs[live[0]]
         h, w, steps = first.height // 16, first.width // 16, first.steps
 
         with torch.inference_mode():
             embeds, prompt_state = self.prompt_embeddings([jobs[k].prompt for k in live] + [jobs[k].negative_prompt for k in live if self._guided(jobs[k])],
                                                           cached=not any(jobs[k].deterministic for k in live))
-            _sync(dev)
-            t_text = time.perf_counter()
+            clock.mark("text")
             ref_lats, ref_state = {}, {}
             for k in live:
                 ref_lats[k], ref_state[k] = self.reference_latents(jobs[k].refs)
-            _sync(dev)
-            t_vae = time.perf_counter()
+            clock.mark("vae")
 
             # one row per output image: (job index, seed)
             rows = [(k, s) for k in live for s in jobs[k].seeds]
-            x = latents.pack(torch.cat([self.noise(s, h, w) for _, s in rows])).to(dev)
+            noise = [jobs[k].noise if jobs[k].noise is not None else self.job_noise(jobs[k]) for k in live]
+            x = latents.pack(torch.cat([upload(n, dev) for n in noise]))
             text = torch.cat([embeds[jobs[k].prompt] for k, _ in rows])
             guidance = GuidancePlan.build([jobs[k].guidance for k, _ in rows],
                                           [embeds.get(jobs[k].negative_prompt) for k, _ in rows], m.is_distilled)
@@ -220,81 +274,99 @@ class Engine:
             img_ids = latents.output_ids(h, w)
             if ref_shapes:
                 img_ids = torch.cat([img_ids, latents.reference_ids(ref_shapes)])
-            img_ids, txt_ids = img_ids.to(dev), latents.text_ids(MAX_TOKENS).to(dev)
-            sig = sigmas(m.scheduler_config, steps, h * w).to(dev)
+            img_ids, txt_ids = upload(img_ids, dev), upload(latents.text_ids(MAX_TOKENS), dev)
+            sig = upload(sigmas(m.scheduler_config, steps, h * w), dev)
             n_noisy = h * w
 
             if self.options.oom_prompt is not None and any(jobs[k].prompt == self.options.oom_prompt for k in live):
                 raise torch.OutOfMemoryError("simulated out-of-memory (test hook)")
 
             with self.lora.active([jobs[k].loras for k, _ in rows]):
-                x, rows, text, refs, denoise_end = self._denoise(jobs, rows, x, text, refs, img_ids, txt_ids, sig, n_noisy, t_vae, guidance)
+                x, rows, text, refs, batch.reported = self._denoise(jobs, rows, x, text, refs, img_ids, txt_ids, sig, n_noisy,
+                                                                    clock, guidance)
             for k in {k for k, _ in rows} ^ set(live):
-                results[k] = Canceled("canceled while running")
+                batch.answers[k] = Canceled("canceled while running")
             if not rows:
-                return [results[k] for k in range(len(jobs))]
+                return batch
 
-            pixels = latents.decode(m.vae, x.to(m.vae.dtype), h, w)
-            u8 = latents.to_uint8(pixels).numpy()
-        t_dec = time.perf_counter()
+            u8 = latents.to_uint8(latents.decode(m.vae, x.to(m.vae.dtype), h, w))
+            clock.mark("decode")
+            batch.pixels = u8.cpu().numpy()  # the batch's one wait for the GPU: every mark above has completed
+        batch.stage_ms = {"text_encode_ms": clock.ms("start", "text"), "vae_encode_ms": clock.ms("text", "vae"),
+                          "denoise_ms": clock.ms("vae", "denoise"), "decode_ms": clock.ms("denoise", "decode")}
+        batch.rows, batch.prompt_state, batch.ref_state = rows, prompt_state, ref_state
         checker = self.options.safety
-        verdicts = checker.screen(u8, [jobs[k].safety_check for k, _ in rows]) if checker else [None] * len(rows)
         t_safety = time.perf_counter()
+        # the classifier stays here: it is a batched GPU call, and its scores must be on the host to act on them
+        batch.verdicts = checker.screen(batch.pixels, [jobs[k].safety_check for k, _ in rows]) if checker else [None] * len(rows)
+        batch.safety_ms = (time.perf_counter() - t_safety) * 1000
         self.metrics.batch_size.observe(len(rows))
-
-        by_job: dict[int, list[int]] = {}
-        for r, (k, _) in enumerate(rows):
-            by_job.setdefault(k, []).append(r)
-        for k, row_ids in by_job.items():
-            job = jobs[k]
-            refusal = checker.refusal([verdicts[r] for r in row_ids]) if checker else None
-            if refusal is not None:
-                results[k] = refusal
-                continue
-            t0 = time.perf_counter()
-            files = [image_encoding.encode(u8[r], job.output_format, job.output_quality) for r in row_ids]
-            t_enc = time.perf_counter()
-            timings = {
-                "queue_ms": (start - job.enqueued_at) * 1000,
-                "text_encode_ms": (t_text - start) * 1000,
-                "vae_encode_ms": (t_vae - t_text) * 1000,
-                "denoise_ms": (denoise_end - t_vae) * 1000,
-                "decode_ms": (t_dec - denoise_end) * 1000,
-                "image_encode_ms": (t_enc - t0) * 1000,
-                "total_ms": (t_enc - job.enqueued_at) * 1000,
-            }
-            if checker:
-                timings["safety_check_ms"] = (t_safety - t_dec) * 1000
-            timings = {key: round(v, 3) for key, v in timings.items()}
-            results[k] = JobResult(
-                images=files,
-                pixels=[u8[r] for r in row_ids],
-                width=job.width,
-                height=job.height,
-                seeds=list(job.seeds),
-                content_type=image_encoding.CONTENT_TYPES[job.output_format],
-                timings=timings,
-                batch_size=len(rows),
-                cache={"prompt": prompt_state[job.prompt], "refs": ref_state[k]},
-                safety=[verdicts[r].as_dict() for r in row_ids] if verdicts[row_ids[0]] is not None else None,
-            )
+        if checker:
+            for k in dict.fromkeys(k for k, _ in rows):
+                refusal = checker.refusal([v for (j, _), v in zip(rows, batch.verdicts) if j == k])
+                if refusal is not None:
+                    batch.answers[k] = refusal
         self.metrics.observe_caches([self.prompt_cache, self.ref_cache])
-        return [results[k] for k in range(len(jobs))]
+        return batch
+
+    def _finish(self, batch: _Decoded, k: int) -> JobResult | EngineError:
+        """Encoder thread: job k's answer, given only after the batch's last progress frame has been sent."""
+        if batch.reported is not None:
+            batch.reported.result()
+        if k in batch.answers:
+            return batch.answers[k]
+        job = batch.jobs[k]
+        if job.canceled:  # canceled after its last step: no file is worth encoding
+            return Canceled("canceled while running")
+        try:
+            return self._encode(batch, k)
+        except Exception as exc:  # a failed encode fails this request only
+            return self._as_error(exc)
+
+    def _encode(self, batch: _Decoded, k: int) -> JobResult:
+        job = batch.jobs[k]
+        row_ids = [r for r, (j, _) in enumerate(batch.rows) if j == k]
+        checker = self.options.safety
+        t0 = time.perf_counter()
+        images = [checker.apply(batch.pixels[r], batch.verdicts[r]) if checker else batch.pixels[r] for r in row_ids]
+        t1 = time.perf_counter()
+        files = [image_encoding.encode(img, job.output_format, job.output_quality) for img in images]
+        t_enc = time.perf_counter()
+        timings = {
+            "queue_ms": (batch.start - job.enqueued_at) * 1000,
+            **batch.stage_ms,
+            "image_encode_ms": (t_enc - t1) * 1000,
+            "total_ms": (t_enc - job.enqueued_at) * 1000,
+        }
+        if checker:
+            timings["safety_check_ms"] = batch.safety_ms + (t1 - t0) * 1000  # the classifier's share and the blur
+        verdicts = [batch.verdicts[r] for r in row_ids]
+        return JobResult(
+            images=files,
+            pixels=images,
+            width=job.width,
+            height=job.height,
+            seeds=list(job.seeds),
+            content_type=image_encoding.CONTENT_TYPES[job.output_format],
+            timings={key: round(v, 3) for key, v in timings.items()},
+            batch_size=len(batch.rows),
+            cache={"prompt": batch.prompt_state[job.prompt], "refs": batch.ref_state[k]},
+            safety=[v.as_dict() for v in verdicts] if verdicts[0] is not None else None,
+        )
 
     def _guided(self, job: Job) -> bool:
         return uses_cfg(self.model.is_distilled, job.guidance)
 
-    def _denoise(self, jobs, rows, x, text, refs, img_ids, txt_ids, sig, n_noisy, t_begin, guidance: GuidancePlan):
+    def _denoise(self, jobs, rows, x, text, refs, img_ids, txt_ids, sig, n_noisy, clock: StageClock, guidance: GuidancePlan):
         dev = self.model.device
         steps = len(sig) - 1
-        want_progress = any(jobs[k].on_progress for k, _ in rows)
-        last = t_begin
+        progress = StepProgress(dev, self._progress) if any(jobs[k].on_progress for k, _ in rows) else None
         with attention_context(self.fastpath):
             for i in range(steps):
                 keep = [r for r, (k, _) in enumerate(rows) if not jobs[k].canceled]
                 if len(keep) != len(rows):
                     # a canceled request leaves the batch at the step boundary; the others carry on unchanged
-                    idx = torch.tensor(keep, device=dev, dtype=torch.long)
+                    idx = upload(torch.tensor(keep, dtype=torch.long), dev)
                     rows = [rows[r] for r in keep]
                     if not rows:
                         break
@@ -307,13 +379,7 @@ class Engine:
                 v = guidance.velocity(self.denoiser, hidden.to(self.model.dtype), text, timestep(sig[i], x.shape[0], x.dtype),
                                       img_ids, txt_ids, n_noisy)
                 x = euler(x, v, sig[i], sig[i + 1])
-                if want_progress:
-                    _sync(dev)
-                    now = time.perf_counter()
-                    for k in dict.fromkeys(k for k, _ in rows):
-                        if jobs[k].on_progress:
-                            jobs[k].on_progress({"step": i + 1, "steps": steps, "step_ms": round((now - last) * 1000, 3),
-                                                 "elapsed_ms": round((now - jobs[k].enqueued_at) * 1000, 3)})
-                    last = now
-        _sync(dev)
-        return x, rows, text, refs, time.perf_counter()
+                if progress is not None:
+                    progress.step(i + 1, steps, [jobs[k] for k in dict.fromkeys(k for k, _ in rows) if jobs[k].on_progress])
+        clock.mark("denoise")
+        return x, rows, text, refs, progress.reported() if progress is not None else None

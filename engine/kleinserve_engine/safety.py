@@ -145,8 +145,8 @@ class SafetyChecker:
         return [float(s) for s in score.cpu()]
 
     def screen(self, pixels, wanted: list[bool]) -> list[Verdict | None]:
-        """Verdicts for the rows of `pixels` (N, H, W, 3) whose request wants the check; blurs flagged rows in place
-        under the blur policy. Rows not checked get None."""
+        """Verdicts for the rows of `pixels` (N, H, W, 3) whose request wants the check; rows not checked get None.
+        The classifier call is batched over the rows; what a verdict does to an image is `apply`'s, per image."""
         rows = [r for r, want in enumerate(wanted) if want]
         verdicts: list[Verdict | None] = [None] * len(wanted)
         if self.checks is not None:
@@ -155,14 +155,18 @@ class SafetyChecker:
             return verdicts
         for r, score in zip(rows, self.scores([pixels[r] for r in rows])):
             verdicts[r] = Verdict(score >= self.options.threshold, score)
-            if verdicts[r].nsfw and self.policy == "blur":
-                pixels[r] = blur(pixels[r])
         if self.checks is not None:
             self.checks.inc(len(rows))
             n = sum(1 for v in verdicts if v is not None and v.nsfw)
             if n:
                 self.flags.labels(self.policy).inc(n)
         return verdicts
+
+    def apply(self, pixels: np.ndarray, verdict: Verdict | None) -> np.ndarray:
+        """The image a verdict lets through: blurred when flagged under the blur policy, else `pixels` itself."""
+        if verdict is not None and verdict.nsfw and self.policy == "blur":
+            return blur(pixels)
+        return pixels
 
     def refusal(self, verdicts: list[Verdict | None]) -> NsfwContent | None:
         """Under the fail policy, the error a request answers when any of its images was flagged."""

@@ -1,4 +1,5 @@
-"""Flow-matching Euler sampling for FLUX.2: resolution-shifted sigmas and steps that move only the noisy tokens."""
+"""Flow-matching Euler sampling for FLUX.2: seeded noise, resolution-shifted sigmas and steps that move only the noisy
+tokens."""
 
 from __future__ import annotations
 
@@ -6,6 +7,17 @@ import math
 
 import numpy as np
 import torch
+
+
+def seeded_noise(seeds: list[int], h: int, w: int, dtype, pin: bool = False) -> torch.Tensor:
+    """(len(seeds), 128, h, w) latent noise, image i drawn on the CPU from a generator of its own seed, so a seed gives
+    the same image on any device and in any batch position. pin: page-locked, so the copy to a GPU can be
+    non-blocking."""
+    out = torch.empty((len(seeds), 128, h, w), dtype=dtype, pin_memory=pin)
+    for i, seed in enumerate(seeds):
+        g = torch.Generator("cpu").manual_seed(seed)
+        out[i : i + 1] = torch.randn((1, 128, h, w), generator=g, dtype=dtype)
+    return out
 
 
 def empirical_mu(seq_len: int, steps: int) -> float:

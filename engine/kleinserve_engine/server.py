@@ -1,7 +1,8 @@
 """asyncio server for engine protocol v1: many connections, many concurrent requests per connection.
 
-The loop does I/O, validation and batching; image decoding and resizing run in a small thread pool; inference
-runs on the single inference thread. torch is imported only by that thread, after the socket is bound.
+The loop does I/O, validation and batching; image decoding and resizing, and drawing each request's noise, run in a
+small thread pool; inference runs on the single inference thread, image encoding on the engine's encoder threads.
+torch is imported only off the loop, after the socket is bound.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from .preprocess import DEFAULT_MAX_REF_PIXELS, MAX_ASPECT, MIN_SIDE
 from .inference_thread import InferenceThread
 
 log = logging.getLogger("kleinserve_engine.server")
+
+# How long a stopping engine waits for the batch it is running and that batch's encodes: under the 5 s the
+# supervisor gives SIGTERM before it kills the process.
+CLOSE_GRACE_S = 3.0
 
 
 @dataclass
@@ -138,8 +143,17 @@ class EngineServer:
         self.inference.stop()
         if self._server:
             self._server.close()
+        if self.status == "ready" and self.inference.is_alive():
+            # the running batch and its encodes answer through this loop, so it must keep running meanwhile
+            await self.loop.run_in_executor(None, self.inference.join, CLOSE_GRACE_S)
+        writers = []
         for conn in list(self.connections):
+            for p in list(conn.pending.values()):  # never ran: answered rather than left waiting
+                self._answer(p, NotReady("the engine is shutting down"))
             conn.writer.close()
+            writers.append(conn.writer)
+        if writers:  # closing flushes what was written; give the answers a moment to leave before the loop ends
+            await asyncio.wait([asyncio.ensure_future(_closed(w)) for w in writers], timeout=1.0)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _startup(self):
@@ -340,7 +354,7 @@ class EngineServer:
         on_progress = None
         if req.progress:
             def on_progress(info, p=p):
-                self.loop.call_soon_threadsafe(self._progress, p, info)
+                self._from_thread(self._progress, p, info)
         job = Job(prompt=req.prompt, refs=refs, seeds=[seed + i for i in range(req.num_images)], width=width, height=height,
                   steps=req.steps, guidance=req.guidance, negative_prompt=req.negative_prompt,
                   safety_check=req.safety_checker, output_format=req.output_format,
@@ -349,6 +363,7 @@ class EngineServer:
                   deterministic=req.deterministic or self.cfg.deterministic)
         job.enqueued_at = p.received
         job.context = p
+        job.noise = self.inference.engine.job_noise(job)  # here rather than on the inference thread
         return job
 
     def _progress(self, p: _Pending, info: dict) -> None:
@@ -356,7 +371,13 @@ class EngineServer:
             p.conn.send({"v": 1, "id": p.req.id, "op": "progress", **info})
 
     def _on_result_thread(self, job, result) -> None:
-        self.loop.call_soon_threadsafe(self._answer, job.context, result)
+        self._from_thread(self._answer, job.context, result)
+
+    def _from_thread(self, callback, *args) -> None:
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: the process is exiting and no connection is left to answer
+            log.debug("dropped a late answer or progress frame after the loop closed")
 
     def _answer(self, p: _Pending, result) -> None:
         if p.answered:
@@ -438,6 +459,13 @@ async def serve(cfg: ServeConfig) -> int:
     await stop.wait()
     await server.close()
     return 0
+
+
+async def _closed(writer) -> None:
+    try:
+        await writer.wait_closed()
+    except (ConnectionError, OSError):
+        pass
 
 
 def _stop_on_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
