@@ -187,6 +187,8 @@ export class RegionConsumer {
       },
       claimNext: async () => this.inbox.shift() ?? null,
       listInFlight: async () => [],
+      // Another worker may serve the models this one does not; the api's sweeper decides when a run waited too long.
+      listQueuedExcept: async () => [],
       countByStatus: () => s.countByStatus(),
       close: async () => {},
     };

@@ -8,7 +8,7 @@ import { LocalDispatcher } from '../dispatch/local-dispatcher.ts';
 import type { Engine } from '../engine/engine.ts';
 import { ModelEngines } from '../engine/model-engines.ts';
 import { localEngines } from '../engine/supervisor.ts';
-import { runModelIds } from '../models/registry.ts';
+import { modelOfRun, runModelIds } from '../models/registry.ts';
 import { servedModels } from '../models/served.ts';
 import { Metrics } from '../metrics.ts';
 import { loadPolicyConfig } from '../policy-config.ts';
@@ -88,6 +88,10 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
   const start = async () => {
     const recovered = await lifecycle.recover();
     if (recovered) logger.warn({ recovered }, 'requeued runs left in flight by the previous process');
+    // Runs queued for a model this start no longer serves would wait forever: no dispatcher here claims them.
+    const served = [...engine.engines.keys()];
+    const unserved = await lifecycle.failUnserved(served.flatMap(runModelIds), (run) => notServedHere(run.model_id, served));
+    if (unserved) logger.warn({ failed: unserved, serves: served }, 'failed queued runs of models this node no longer serves');
     engine.start();
     await app.listen({ host: cfg.host, port: cfg.port });
     const port = (app.server.address() as { port: number }).port;
@@ -111,6 +115,12 @@ export async function createEmbedded(cfg: Config, opts: EmbeddedOptions = {}) {
     await store.close();
   };
   return { app, store, lifecycle, dispatcher, dispatchers, engine, runs, generatedKey: generated, start, stop, logger };
+}
+
+/** Why a run of a model this node does not serve can never start here. */
+function notServedHere(runModelId: string, served: string[]): string {
+  return `${modelOfRun(runModelId)} is not served by this node (it serves ${served.join(', ')}): ` +
+    'the server was restarted without it while the run waited';
 }
 
 export async function serve(cfg: Config): Promise<void> {

@@ -51,9 +51,10 @@ export class RunLifecycle {
     return this.finish(run, ACTIVE, { status: 'succeeded', output });
   }
 
-  async fail(run: RunRecord, code: string, message: string, stage: FailureStage): Promise<RunRecord | null> {
+  /** `from`: only while the run is still in one of these (default: any status but a terminal one). */
+  async fail(run: RunRecord, code: string, message: string, stage: FailureStage, from: RunStatus[] = NOT_TERMINAL): Promise<RunRecord | null> {
     this.opts.logger.warn({ run_id: run.id, failure_code: code, stage }, message);
-    return this.finish(run, NOT_TERMINAL, {
+    return this.finish(run, from, {
       status: 'failed',
       failure_code: code,
       failure_message: message,
@@ -94,6 +95,25 @@ export class RunLifecycle {
       });
     }
     return stranded.length;
+  }
+
+  /**
+   * After a restart: queued runs (recovered ones included) of a model no dispatcher of this process takes, because it
+   * restarted without that model, can never start here; they fail MODEL_UNAVAILABLE with `message(run)`, callbacks
+   * and all. Only a run still queued fails, so a run ends once however often this is called.
+   */
+  async failUnserved(served: string[], message: (run: RunRecord) => string): Promise<number> {
+    const stranded = await this.store.listQueuedExcept(served);
+    let failed = 0;
+    for (const run of stranded) {
+      // As in recover(): a failure the store refuses is held and recorded once storage takes writes again.
+      const ended = await this.fail(run, 'MODEL_UNAVAILABLE', message(run), 'dispatch', ['queued']).catch((err) => {
+        if (!(err instanceof StorageWriteError)) throw err;
+        return null;
+      });
+      if (ended) failed++;
+    }
+    return failed;
   }
 
   private async finish(run: RunRecord, from: RunStatus[], patch: RunPatch & { status: RunStatus }): Promise<RunRecord | null> {

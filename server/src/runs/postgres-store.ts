@@ -209,6 +209,11 @@ export class PostgresStore implements RunStore, DeliveryStore {
     return (await this.pool.query(`SELECT * FROM runs WHERE status IN ('dispatching','running') ORDER BY id`)).rows.map(toRecord);
   }
 
+  async listQueuedExcept(modelIds: string[]): Promise<RunRecord[]> {
+    const { rows } = await this.pool.query(`SELECT * FROM runs WHERE status = 'queued' AND NOT (model_id = ANY($1)) ORDER BY id`, [modelIds]);
+    return rows.map(toRecord);
+  }
+
   async countByStatus(): Promise<Record<RunStatus, number>> {
     const out = Object.fromEntries(RUN_STATUSES.map((s) => [s, 0])) as Record<RunStatus, number>;
     const { rows } = await this.pool.query('SELECT status, COUNT(*)::int AS n FROM runs GROUP BY status');
@@ -260,6 +265,7 @@ export class PostgresStore implements RunStore, DeliveryStore {
       transition: (id, from, patch, delivery) => this.transitionGuarded(id, from, patch, delivery, tokens.get(id) ?? '\0none'),
       claimNext: async () => null,
       listInFlight: async () => [],
+      listQueuedExcept: async () => [],
       countByStatus: () => this.countByStatus(),
       close: async () => {},
     };

@@ -223,6 +223,11 @@ export class SqliteStore implements RunStore, DeliveryStore {
     return (this.stmts.inFlight.all() as Row[]).map(toRecord);
   }
 
+  async listQueuedExcept(modelIds: string[]): Promise<RunRecord[]> {
+    const outside = modelIds.length ? ` AND model_id NOT IN (${modelIds.map(() => '?').join(',')})` : '';
+    return (this.db.prepare(`SELECT * FROM runs WHERE status = 'queued'${outside} ORDER BY id`).all(...modelIds) as Row[]).map(toRecord);
+  }
+
   async countByStatus(): Promise<Record<RunStatus, number>> {
     const out = Object.fromEntries(RUN_STATUSES.map((s) => [s, 0])) as Record<RunStatus, number>;
     for (const { status, n } of this.stmts.counts.all() as { status: RunStatus; n: number }[]) out[status] = n;

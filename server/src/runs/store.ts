@@ -42,6 +42,8 @@ export interface RunStore {
   claimNext(modelIds?: string[]): Promise<RunRecord | null>;
   /** Runs left in `dispatching`/`running` by a process that died. */
   listInFlight(): Promise<RunRecord[]>;
+  /** Queued runs of any run model_id but `modelIds`, oldest first: runs that no dispatcher taking only those claims. */
+  listQueuedExcept(modelIds: string[]): Promise<RunRecord[]>;
   countByStatus(): Promise<Record<RunStatus, number>>;
   close(): Promise<void>;
 }

@@ -84,6 +84,34 @@ describe('SQLite store + lifecycle', () => {
     expect([failed.status, failed.failure_code, failed.attempts]).toEqual(['failed', 'ENGINE_CRASHED', 2]);
   });
 
+  it('after a restart without a model, fails its queued and recovered runs once, with one callback each', async () => {
+    const { file, life } = setup(3);
+    const kept = await life.create({ ...newRun(), model_id: 'kept/edit' });
+    const queued = await life.create({ ...newRun(), model_id: 'dropped/edit' });
+    const inFlight = await life.create({ ...newRun(), model_id: 'dropped' });
+    await life.claimNext(['dropped']);
+    const store2 = new SqliteStore(file);
+    const life2 = new RunLifecycle(store2, new RunEventBus(), {
+      maxAttempts: 3,
+      logger: pino({ level: 'silent' }),
+      callbackBody: (r) => ({ event: `run.${r.status}`, body: JSON.stringify({ id: r.id, status: r.status }) }),
+    });
+    expect(await life2.recover()).toBe(1);
+    const why = (r: RunRecord) => `${r.model_id} is not served here`;
+    expect(await life2.failUnserved(['kept', 'kept/edit'], why)).toBe(2);
+    expect(await life2.failUnserved(['kept', 'kept/edit'], why)).toBe(0);
+    for (const run of [queued, inFlight]) {
+      const failed = (await store2.get(run.id))!;
+      expect([failed.status, failed.failure_code, failed.failure_stage_code, failed.failure_message]).toEqual([
+        'failed', 'MODEL_UNAVAILABLE', 'dispatch', `${run.model_id} is not served here`,
+      ]);
+      expect(await store2.getDeliveries(run.id)).toHaveLength(1);
+    }
+    expect((await store2.get(inFlight.id))!.attempts).toBe(1);
+    expect((await store2.get(kept.id))!.status).toBe('queued');
+    expect(await store2.getDeliveries(kept.id)).toHaveLength(0);
+  });
+
   it('lists newest first with cursor and status filter', async () => {
     const { store, life } = setup();
     const ids = [];
