@@ -3,15 +3,18 @@
 //  - failover: queued runs (and runs whose worker lease expired) of an unhealthy region move to a healthy one;
 //  - placement: runs parked by backpressure get a region once one has room;
 //  - repair: runs that should be in a queue but are not (an api died between insert and enqueue, a Redis
-//    restarted empty, a worker shut down and released its run) are enqueued again.
+//    restarted empty, a worker shut down and released its run) are enqueued again;
+//  - give up: runs of a model that no reachable region has had a live worker for during `unservedWaitMs` (as this
+//    replica saw it), and that have waited that long themselves, fail MODEL_UNAVAILABLE rather than wait forever.
 // Every step is a guarded UPDATE plus an idempotent enqueue (job id = run id), so replicas may overlap.
 import type { Logger } from 'pino';
 import { enqueueRun } from '../dispatch/bullmq-queue.ts';
+import type { RunLifecycle } from '../runs/lifecycle.ts';
 import type { PostgresStore } from '../runs/postgres-store.ts';
 import type { ClusterMetrics } from './metrics.ts';
 import { KLEIN_MODELS, runModelIds } from '../models/registry.ts';
 import { chooseRegion, statesFor, type Placement, type PlacementOptions } from './placement.ts';
-import type { RegionMonitor } from './region-monitor.ts';
+import type { RegionMonitor, RegionState } from './region-monitor.ts';
 import { withTimeout } from './redis.ts';
 
 export interface SweeperOptions {
@@ -20,15 +23,21 @@ export interface SweeperOptions {
   staleMs: number;
   batch: number;
   placement: PlacementOptions;
+  /** How long a model may go without a live worker before its waiting runs fail; 0: they wait for one forever. */
+  unservedWaitMs: number;
 }
 
 export class Sweeper {
   private timer?: NodeJS.Timeout;
   private running = false;
   private stopped = false;
+  /** When this replica last saw a live worker of each model; a model it never saw counts from its own start. */
+  private readonly servedAt = new Map<string, number>();
+  private readonly startedAt = Date.now();
 
   constructor(
     private readonly store: PostgresStore,
+    private readonly lifecycle: RunLifecycle,
     private readonly monitor: RegionMonitor,
     private readonly placement: Placement,
     private readonly metrics: ClusterMetrics,
@@ -72,6 +81,7 @@ export class Sweeper {
         for (const s of states) {
           if (s.reachable) await this.repair(s.name, model);
         }
+        await this.giveUp(model, states);
       }
     } finally {
       this.running = false;
@@ -90,6 +100,30 @@ export class Sweeper {
   private async repair(region: string, model: string): Promise<void> {
     const ids = await this.store.staleRuns(region, Date.now() - this.opts.staleMs, this.opts.batch, runModelIds(model));
     if (ids.length) await this.enqueueAll(region, ids, model);
+  }
+
+  /**
+   * A model nobody serves may be between workers (a restart, a scale-up loading weights), so its runs wait, but not
+   * forever: once no reachable region has had a live worker for it during `unservedWaitMs`, its runs that have
+   * waited as long fail. Each fails only from the status it was read in, so a worker claiming it meanwhile wins and
+   * replicas sweeping at once end it once (one callback).
+   */
+  private async giveUp(model: string, states: RegionState[]): Promise<void> {
+    const wait = this.opts.unservedWaitMs;
+    const now = Date.now();
+    if (states.some((s) => s.reachable && s.workers > 0)) {
+      this.servedAt.set(model, now);
+      return;
+    }
+    if (!wait || now - (this.servedAt.get(model) ?? this.startedAt) < wait) return;
+    const runs = await this.store.waitingRuns(runModelIds(model), now - wait, this.opts.batch);
+    let failed = 0;
+    for (const run of runs) {
+      const message = `no live worker has served ${model} in any region for ${Math.round(wait / 1000)} s; the run waited ` +
+        `${Math.round((now - run.created_at) / 1000)} s and was given up (start a worker with --model for it, then submit again)`;
+      if (await this.lifecycle.fail(run, 'MODEL_UNAVAILABLE', message, 'dispatch', [run.status])) failed++;
+    }
+    if (failed) this.logger.warn({ model, failed, wait_ms: wait }, 'failed runs of a model no worker has served for too long');
   }
 
   private async enqueueAll(region: string, ids: string[], model: string): Promise<void> {

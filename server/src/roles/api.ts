@@ -46,11 +46,12 @@ export async function createApi(cfg: Config, cluster: ClusterConfig, regions: Re
 
   const lifecycle = new RunLifecycle(store, bus, { maxAttempts: cfg.maxAttempts, logger: log, callbackBody: base.callbackBody });
   const deliverer = callbackDeliverer(cfg, base, store, bus);
-  const sweeper = new Sweeper(store, monitor, placement, clusterMetrics, log.child({ part: 'sweeper' }), {
+  const sweeper = new Sweeper(store, lifecycle, monitor, placement, clusterMetrics, log.child({ part: 'sweeper' }), {
     intervalMs: cluster.sweepMs,
     staleMs: cluster.staleMs,
     batch: 200,
     placement: placementOpts,
+    unservedWaitMs: cluster.unservedWaitMs,
   });
 
   const quotaRedisUrl = process.env.KLEINSERVE_QUOTA_REDIS;

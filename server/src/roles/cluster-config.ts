@@ -15,6 +15,8 @@ export const ClusterSchema = z.object({
   sweepMs: ms(1_000),
   staleMs: ms(10_000),
   waitDeadlineMs: ms(60_000),
+  /** A model without a live worker in any region this long fails its runs that waited as long; 0: never. */
+  unservedWaitMs: z.coerce.number().int().nonnegative().default(600_000),
   regionQueueLimit: ms(1_000),
   backpressure: z.enum(['reject', 'queue']).default('reject'),
   globalQueueLimit: ms(10_000),
@@ -33,6 +35,7 @@ export function loadClusterConfig(values: Record<string, unknown>, env: NodeJS.P
     sweepMs: env.KLEINSERVE_SWEEP_MS,
     staleMs: env.KLEINSERVE_STALE_MS,
     waitDeadlineMs: env.KLEINSERVE_WAIT_DEADLINE_MS,
+    unservedWaitMs: env.KLEINSERVE_UNSERVED_WAIT_MS,
     regionQueueLimit: values['queue-limit'] ?? env.KLEINSERVE_REGION_QUEUE_LIMIT,
     backpressure: values.backpressure ?? env.KLEINSERVE_BACKPRESSURE,
     globalQueueLimit: env.KLEINSERVE_GLOBAL_QUEUE_LIMIT,

@@ -305,6 +305,20 @@ export class PostgresStore implements RunStore, DeliveryStore {
     return rows.map((r) => r.id as string);
   }
 
+  /**
+   * Runs of these run model_ids created before `createdBefore` that wait for a worker: queued (placed or parked),
+   * or held under a lease that ran out. Oldest first.
+   */
+  async waitingRuns(modelIds: string[], createdBefore: number, limit: number): Promise<ClusterRun[]> {
+    const { rows } = await this.pool.query(
+      `SELECT * FROM runs WHERE model_id = ANY($1) AND created_at < $2
+          AND (status = 'queued' OR (status IN ('dispatching','running') AND COALESCE(lease_until, 0) < $3))
+        ORDER BY id LIMIT $4`,
+      [modelIds, createdBefore, Date.now(), limit],
+    );
+    return rows.map(toRecord);
+  }
+
   async countUnfinished(): Promise<number> {
     const { rows } = await this.pool.query(`SELECT COUNT(*)::int AS n FROM runs WHERE status IN ('queued','dispatching','running')`);
     return rows[0].n;
