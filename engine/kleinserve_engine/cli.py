@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
                         "model: the whole transformer, static shapes, one graph per warmed bucket")
     s.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: inductor's)")
     s.add_argument("--precision", default="bf16", choices=["bf16", "fp8"], help="fp8: torchao float8 on CUDA (experimental)")
+    for flag, dest, what in (
+            ("compile-vae", "compile_vae", "torch.compile the VAE encoder and decoder, dynamic shapes (default off until measured)"),
+            ("compile-text-encoder", "compile_text_encoder", "torch.compile the text encoder, batch 1 + one symbolic batch (default off until measured)"),
+            ("cudnn-benchmark", "cudnn_benchmark", "cuDNN autotuning per convolution shape (default on for CUDA; never with --deterministic)"),
+            ("fuse-qkv", "fuse_qkv", "one q/k/v matmul per stream in the double blocks (default off until measured)")):
+        s.add_argument(f"--{flag}", dest=dest, action="store_true", default=None, help=what)
+        s.add_argument(f"--no-{flag}", dest=dest, action="store_false")
+    s.add_argument("--fp8-attention", action="store_true", help="FP8 attention: refused in this build (needs FlashAttention-3; see README)")
     s.add_argument("--deterministic", action="store_true",
                    help="every request alone, with torch's deterministic algorithms: the same input and seed give the "
                         "same bytes run after run (costs batching; see README)")
@@ -96,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             BatchRule.parse(args.batch_rule, args.max_batch)
         except ValueError as exc:
             parser.error(f"--batch-rule/--max-batch: {exc}")
+        if args.fp8_attention:  # refused on every device in this build: say so before loading anything
+            from .fastpath import fp8_attention_refusal
+
+            parser.error(fp8_attention_refusal("cuda"))
     if args.command == "make-tiny-model":
         from .tiny import make_tiny_model
 
@@ -123,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_rule=args.batch_rule, prompt_cache_mb=args.prompt_cache_mb, ref_cache_mb=args.ref_cache_mb,
         max_ref_pixels=args.max_ref_pixels, max_output_pixels=args.max_output_pixels, compile=args.compile,
         compile_backend=args.compile_backend, compile_mode=args.compile_mode, compile_scope=args.compile_scope, precision=args.precision, warmup=args.warmup, data_dir=data_dir,
+        compile_vae=args.compile_vae, compile_text_encoder=args.compile_text_encoder, cudnn_benchmark=args.cudnn_benchmark,
+        fuse_qkv=args.fuse_qkv, fp8_attention=args.fp8_attention,
         oom_prompt=os.environ.get("KLEINSERVE_TEST_OOM_PROMPT"), threads=args.threads,
         exit_with_stdin=args.exit_with_stdin, deterministic=args.deterministic,
     )

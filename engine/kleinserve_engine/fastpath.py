@@ -1,4 +1,5 @@
-"""The CUDA fast path: compiled transformer blocks, best SDPA backend, channels_last bf16 VAE, optional FP8.
+"""The CUDA fast path: compiled transformer blocks, best SDPA backend, channels_last bf16 VAE, optional FP8,
+compiled VAE and text encoder (compiled_components.py), fused QKV projections (fused_qkv.py).
 
 On by default on CUDA, off on CPU. Every piece is an opt-in wrapper around the eager modules, so the eager
 path stays the reference and a test can compare the two (tests/test_fastpath.py).
@@ -11,6 +12,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .compiled_components import no_duck_shapes
 
 log = logging.getLogger("kleinserve_engine.fastpath")
 
@@ -32,11 +35,22 @@ class FastPathOptions:
     precision: str = "bf16"
     channels_last: bool = False
     sdpa_priority: bool = False
+    # cuDNN autotunes each new convolution shape (the VAE's) once; never in deterministic mode (make_deterministic)
+    cudnn_benchmark: bool = False
+    # The VAE's encoder and decoder compiled with dynamic shapes, and the text encoder compiled whole (batch 1 and
+    # one symbolic batch, 512 tokens): compiled_components.py. Off until the GPU ablation (gpu-run.sh stage 4)
+    # shows what each buys against its compile time.
+    compile_vae: bool = False
+    compile_text_encoder: bool = False
+    # One matmul for the double blocks' q/k/v and one for their added (text) q/k/v (fused_qkv.py); off until measured.
+    fuse_qkv: bool = False
+    # FP8 attention: refused in this build (fp8_attention_refusal says why)
+    fp8_attention: bool = False
 
     @classmethod
     def for_device(cls, device_type: str, **overrides) -> "FastPathOptions":
         on_cuda = device_type == "cuda"
-        base = cls(compile=on_cuda, channels_last=on_cuda, sdpa_priority=on_cuda)
+        base = cls(compile=on_cuda, channels_last=on_cuda, sdpa_priority=on_cuda, cudnn_benchmark=on_cuda)
         for k, v in overrides.items():
             if v is not None:
                 setattr(base, k, v)
@@ -103,7 +117,16 @@ def quantize_fp8(transformer) -> None:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     except ImportError as exc:
         raise RuntimeError("--precision fp8 needs torchao (pip install 'kleinserve-engine[fp8]')") from exc
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fp8_target)
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fp8_filter(transformer))
+
+
+def fp8_filter(transformer):
+    """fp8_target less the separate projections that a fused Linear replaces in this transformer (fused_qkv.py):
+    they stay in the module tree for adapter names but never run, so converting them would only cost memory."""
+    from .fused_qkv import fused_parts
+
+    replaced = set(fused_parts(transformer))
+    return lambda module, fqn: fp8_target(module, fqn) and fqn not in replaced
 
 
 def compiled_graphs() -> int:
@@ -133,12 +156,8 @@ def _with_compiled_blocks(transformer, opts: FastPathOptions):
     import copy
 
     import torch
-    import torch.fx.experimental._config as shape_config
 
-    # Duck shaping gives dims that are equal at trace time one symbol: a sequence length that happens to equal the
-    # hidden width would then be specialised with it and recompile at the next aspect ratio.
-    if hasattr(shape_config, "use_duck_shape"):
-        shape_config.use_duck_shape = False
+    no_duck_shapes()
     view = copy.copy(transformer)
     view._modules = dict(transformer._modules)
     for name in ("transformer_blocks", "single_transformer_blocks"):
@@ -151,11 +170,14 @@ def _with_compiled_blocks(transformer, opts: FastPathOptions):
 class Denoiser:
     """One transformer evaluation: (noisy+ref tokens, text, t, ids) -> velocity for every image token."""
 
-    def __init__(self, transformer, opts: FastPathOptions):
+    def __init__(self, transformer, opts: FastPathOptions, model=None):
         import torch
 
         self.transformer = transformer
         self.opts = opts
+        # the components as the fast path runs them (the engine uses these): the loaded model itself, or a copy
+        # holding compiled VAE / text encoder views and the fused-projection transformer, sharing all weights
+        self.model = model
         self.compiled = False
         self._module = transformer
         self._fn = self._eager
@@ -195,19 +217,49 @@ def attention_context(opts: FastPathOptions):
         return contextlib.nullcontext()
 
 
+def fp8_attention_refusal(device) -> str:
+    """Why --fp8-attention cannot run here. The only FP8 attention kernel that torch 2.11 and torchao 0.17 reach
+    is FlashAttention-3's: torchao's apply_low_precision_attention and torch's quantized SDPA both go through
+    torch.nn.attention.activate_flash_attention_impl("FA3"), which loads the flash_attn_interface package."""
+    if getattr(device, "type", str(device)) != "cuda":
+        return "--fp8-attention needs a CUDA device"
+    return ("--fp8-attention is not available in this build: the FP8 attention kernel torch 2.11 and torchao 0.17 "
+            "offer is FlashAttention-3's (torchao.prototype.attention.apply_low_precision_attention), which needs the "
+            "flash_attn_interface package, built from source for Hopper and not in the GPU image (engine/README.md)")
+
+
 def prepare(model, opts: FastPathOptions) -> Denoiser:
+    """The denoiser, and in `Denoiser.model` the components the engine runs (see Denoiser.__init__)."""
+    import dataclasses
+
     import torch
+
+    from .compiled_components import compiled_text_encoder, compiled_vae
+    from .fused_qkv import with_fused_qkv
 
     if model.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = opts.cudnn_benchmark
+    if opts.fp8_attention:
+        raise RuntimeError(fp8_attention_refusal(model.device))
+    if opts.precision == "fp8" and model.device.type != "cuda":
+        raise RuntimeError("--precision fp8 needs a CUDA device")
+    # fused first: the fp8 filter then sees to_qkv, and quantizes the Linears the forward runs
+    transformer = with_fused_qkv(model.transformer) if opts.fuse_qkv else model.transformer
     if opts.precision == "fp8":
-        if model.device.type != "cuda":
-            raise RuntimeError("--precision fp8 needs a CUDA device")
-        quantize_fp8(model.transformer)
-    if opts.channels_last:
+        quantize_fp8(transformer)
+    if opts.channels_last:  # before the VAE is compiled, so its graphs trace the channels_last weights
         model.vae.to(memory_format=torch.channels_last)
-    return Denoiser(model.transformer, opts)
+    if opts.compile_vae or opts.compile_text_encoder:
+        _bound_recompiles(opts.max_compiled_shapes)
+    vae = compiled_vae(model.vae, opts.compile_backend) if opts.compile_vae else model.vae
+    text_encoder = (compiled_text_encoder(model.text_encoder, opts.compile_backend) if opts.compile_text_encoder
+                    else model.text_encoder)
+    view = model
+    if transformer is not model.transformer or vae is not model.vae or text_encoder is not model.text_encoder:
+        view = dataclasses.replace(model, transformer=transformer, vae=vae, text_encoder=text_encoder)
+    return Denoiser(transformer, opts, model=view)
 
 
 def make_deterministic(on: bool = True) -> None:

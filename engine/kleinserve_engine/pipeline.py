@@ -136,6 +136,8 @@ class Engine:
         fp = self.options.fastpath or FastPathOptions.for_device(model.device.type)
         self.fastpath = fp
         self.denoiser: Denoiser = prepare(model, fp)
+        # the components as the fast path runs them (compiled VAE / text encoder, fused projections; weights shared)
+        self.model = model = self.denoiser.model
         if self.options.deterministic:
             make_deterministic()
         self.adapters = AdapterStore(model.transformer, model.dtype, model.device, self.options.lora, self.metrics.registry)

@@ -51,6 +51,12 @@ class ServeConfig:
     compile_mode: str | None = None
     compile_scope: str = "blocks"
     precision: str = "bf16"
+    # fastpath.FastPathOptions; None = the device's default
+    compile_vae: bool | None = None
+    compile_text_encoder: bool | None = None
+    cudnn_benchmark: bool | None = None
+    fuse_qkv: bool | None = None
+    fp8_attention: bool = False
     warmup: str = "auto"
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("KLEINSERVE_DATA", ".data")))
     oom_prompt: str | None = None
@@ -192,7 +198,10 @@ class EngineServer:
             torch.set_num_threads(self.cfg.threads or 1)
         fp = FastPathOptions.for_device(model.device.type, compile=self.cfg.compile, compile_backend=self.cfg.compile_backend,
                                         compile_mode=self.cfg.compile_mode, compile_scope=self.cfg.compile_scope,
-                                        precision=self.cfg.precision)
+                                        precision=self.cfg.precision, compile_vae=self.cfg.compile_vae,
+                                        compile_text_encoder=self.cfg.compile_text_encoder,
+                                        cudnn_benchmark=self.cfg.cudnn_benchmark, fuse_qkv=self.cfg.fuse_qkv,
+                                        fp8_attention=self.cfg.fp8_attention)
         engine = Engine(model, EngineOptions(prompt_cache_mb=self.cfg.prompt_cache_mb, ref_cache_mb=self.cfg.ref_cache_mb,
                                              fastpath=fp, oom_prompt=self.cfg.oom_prompt, safety=checker,
                                              lora=self.cfg.lora, deterministic=self.cfg.deterministic), self.metrics)

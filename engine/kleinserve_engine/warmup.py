@@ -40,16 +40,20 @@ def warm(engine, buckets: list[tuple[int, int, int, int]], steps: int = 4) -> fl
 
     t0 = time.perf_counter()
     denoiser = getattr(engine, "denoiser", None)
-    if buckets and denoiser is not None and denoiser.compiled and denoiser.opts.compile_scope == "blocks" \
-            and all(b[3] == 1 for b in buckets):
-        # dynamo gives a batch of one its own graph; one batch of two compiles the graph every larger batch shares,
-        # so no batch formed after ready waits on a compile
+    fp = getattr(engine, "fastpath", None)
+    shared_batch_graph = (denoiser is not None and denoiser.compiled and denoiser.opts.compile_scope == "blocks") or (
+        fp is not None and (fp.compile_vae or fp.compile_text_encoder))
+    if buckets and shared_batch_graph and all(b[3] == 1 for b in buckets):
+        # dynamo gives a batch of one its own graph; one batch of two compiles the graph every larger batch shares
+        # (the blocks', the VAE decoder's, the text encoder's), so no batch formed after ready waits on a compile
         w, h, n, _ = min(buckets, key=lambda b: b[0] * b[1])
         buckets = [*buckets, (w, h, n, 2)]
-    for w, h, n, batch in buckets:
+    for b, (w, h, n, batch) in enumerate(buckets):
         refs = [Reference(Image.new("RGB", (w, h), (127, 127, 127)), f"warmup-{w}x{h}-{i}") for i in range(n)]
         for _ in range(2):
-            jobs = [Job(prompt="warm-up", refs=refs, seeds=[k], width=w, height=h, steps=steps, output_format="jpeg")
+            # a prompt of its own per bucket and image: a batch's prompts miss the cache together, so the text
+            # encoder runs at the batch's size too
+            jobs = [Job(prompt=f"warm-up {b}.{k}", refs=refs, seeds=[k], width=w, height=h, steps=steps, output_format="jpeg")
                     for k in range(batch)]
             for res in engine.run_batch(jobs):
                 if isinstance(res, Exception):

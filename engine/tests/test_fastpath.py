@@ -85,9 +85,12 @@ def test_defaults_are_on_for_cuda_and_off_for_cpu():
     from kleinserve_engine.fastpath import FastPathOptions
 
     cuda, cpu = FastPathOptions.for_device("cuda"), FastPathOptions.for_device("cpu")
-    assert cuda.compile and cuda.channels_last and cuda.sdpa_priority
-    assert not (cpu.compile or cpu.channels_last or cpu.sdpa_priority)
+    assert cuda.compile and cuda.channels_last and cuda.sdpa_priority and cuda.cudnn_benchmark
+    assert not (cpu.compile or cpu.channels_last or cpu.sdpa_priority or cpu.cudnn_benchmark)
     assert FastPathOptions.for_device("cuda", compile=False).compile is False
+    # off until the GPU ablation (gpu-run.sh stage 4) measures them
+    for opts in (cuda, cpu):
+        assert not (opts.compile_vae or opts.compile_text_encoder or opts.fuse_qkv or opts.fp8_attention)
 
 
 def test_warmup_buckets_parse_and_run(engine):
@@ -109,6 +112,23 @@ def test_fp8_is_refused_on_cpu(model):
 
     with pytest.raises(RuntimeError, match="CUDA"):
         Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu", precision="fp8")))
+
+
+def test_fp8_attention_is_refused_off_cuda_and_by_the_command_line(model, tmp_path):
+    import subprocess
+    import sys
+
+    from kleinserve_engine.fastpath import FastPathOptions, fp8_attention_refusal
+    from kleinserve_engine.pipeline import Engine, EngineOptions
+
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu", fp8_attention=True)))
+    # no FP8 attention kernel is reachable in this build on any device (engine/README.md): refused before loading
+    assert "FlashAttention-3" in fp8_attention_refusal("cuda")
+    proc = subprocess.run([sys.executable, "-m", "kleinserve_engine", "serve", "--model", "tiny", "--fp8-attention",
+                           "--listen", f"unix:{tmp_path / 's.sock'}", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "FlashAttention-3" in proc.stderr and not (tmp_path / "s.sock").exists()
 
 
 def test_cuda_layout_and_attention_options_keep_the_image(model):

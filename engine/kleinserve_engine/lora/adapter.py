@@ -36,8 +36,13 @@ class AdapterLimits:
 
 
 def linear_shapes(transformer) -> dict[str, tuple[int, int]]:
-    """(out, in) of every Linear a LoRA can target, by its diffusers module path."""
-    return {name: (m.out_features, m.in_features) for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+    """(out, in) of every Linear a LoRA can target, by its diffusers module path. Fused projections (fused_qkv.py)
+    are not targets: adapters name the checkpoint's separate projections whether or not the engine fuses them."""
+    from ..fused_qkv import fused_modules
+
+    fused = fused_modules(transformer)
+    return {name: (m.out_features, m.in_features) for name, m in transformer.named_modules()
+            if isinstance(m, torch.nn.Linear) and name not in fused}
 
 
 def _metadata(data: bytes) -> dict | None:

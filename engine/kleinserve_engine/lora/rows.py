@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import EngineError
+from ..fused_qkv import fused_parts
 from .adapter import Adapter
 from .formats import Delta
 
@@ -105,6 +105,24 @@ def _combined(deltas: list[tuple[Delta, float]]) -> tuple[torch.Tensor, torch.Te
     return down, up
 
 
+def _in_rows(pieces: list[tuple[int, torch.Tensor, torch.Tensor]], out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deltas of some projections of a fused Linear, (first output row, down, up) each, as one low-rank product on
+    its whole output: the distinct downs stacked on the rank, each up in its own rows and its down's rank columns,
+    zeros elsewhere. A down shared by the three projections (a fused-qkv adapter) is used once: that is the
+    adapter's own fused product."""
+    downs: dict[int, tuple[int, torch.Tensor]] = {}
+    for _, down, _ in pieces:
+        if id(down) not in downs:
+            downs[id(down)] = (sum(d.shape[0] for _, d in downs.values()), down)
+    rank = sum(d.shape[0] for _, d in downs.values())
+    up_all = pieces[0][2].new_zeros(out_features, rank)
+    for row, down, up in pieces:
+        col = downs[id(down)][0]
+        up_all[row : row + up.shape[0], col : col + up.shape[1]] = up
+    down_all = torch.cat([d for _, d in downs.values()]) if len(downs) > 1 else pieces[0][1]
+    return down_all, up_all
+
+
 class RowLora:
     """Owned by the engine; `active(rows)` wraps a batch's denoise, `keep(idx)` follows rows dropped mid-batch."""
 
@@ -113,13 +131,16 @@ class RowLora:
         self.store = store
         self.rank_multiple = max(1, rank_multiple)  # pad ranks so compiled graphs see few distinct shapes
         self._plan: _Plan | None = None
+        # projections the transformer runs inside a fused Linear (fused_qkv.py): their adapters act on its output rows
+        self.fused = fused_parts(transformer)
+        self.fused_out = {t: transformer.get_submodule(t).out_features for t, _ in self.fused.values()}
         # torch.compile does not guard on hooks added after a graph was compiled (skip_nnmodule_hook_guards): a hook
         # registered per batch would be silently left out of the compiled blocks. A compiled transformer therefore
         # gets its hooks once, before its first call, on every Linear; with no plan active they return at trace time,
         # so the no-LoRA graph holds no LoRA operation and a LoRA batch gets its own guarded graph.
         self.persistent = compiled
         if compiled:
-            for name in store.shapes:
+            for name in dict.fromkeys(self._target(n) for n in store.shapes):
                 module = transformer.get_submodule(name)
                 setattr(module, ATTR, None)
                 _hook(module)
@@ -141,18 +162,26 @@ class RowLora:
                 if a.sha256 not in on_device:
                     on_device[a.sha256] = self.store.on_model_device(a)
         layers = sorted({name for mods in on_device.values() for name in mods})
-        self._check_layers(layers)
+        targets: dict[str, list[str]] = {}  # hooked Linear -> the adapter modules it carries
+        for name in layers:
+            targets.setdefault(self._target(name), []).append(name)
         uniform = len(combos) == 1 and None not in row_combo
         order = list(combos)
         slot = [order.index(k) if k is not None else len(order) for k in row_combo]  # len(order) = the zero slot
         slot_t = None
         weights = {}
-        for name in layers:
+        for name, members in targets.items():
             parts = {}
             for key, loras in combos.items():
-                deltas = [(on_device[a.sha256][name], s) for a, s in loras if name in on_device[a.sha256]]
-                if deltas:
-                    parts[key] = _combined(deltas)
+                pieces = []
+                for member in members:
+                    deltas = [(on_device[a.sha256][member], s) for a, s in loras if member in on_device[a.sha256]]
+                    if deltas:
+                        pieces.append((self.fused.get(member, (name, 0))[1], *_combined(deltas)))
+                if pieces and name in self.fused_out:
+                    parts[key] = _in_rows(pieces, self.fused_out[name])
+                elif pieces:
+                    parts[key] = pieces[0][1:]
             if uniform:
                 down, up = parts[order[0]]
                 pad = -down.shape[0] % self.rank_multiple
@@ -178,13 +207,9 @@ class RowLora:
             weights[name] = _Weights(down_s.index_select(0, slot_t), up_s.index_select(0, slot_t), per_row=True)
         return _Plan(weights, len(rows))
 
-    def _check_layers(self, layers: list[str]) -> None:
-        for name in layers:
-            parent = self.transformer.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
-            if getattr(parent, "fused_projections", False) and name.rsplit(".", 1)[-1] in (
-                    "to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
-                raise EngineError(f"LoRA on {name}: the attention's q/k/v projections are fused in this engine build, "
-                                  "so per-projection adapters cannot be applied")
+    def _target(self, name: str) -> str:
+        """The Linear that computes a module's output: the module itself, or the fused Linear it is part of."""
+        return self.fused[name][0] if name in self.fused else name
 
     # -- applying ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
