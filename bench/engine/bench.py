@@ -7,7 +7,8 @@ JSON and a markdown table into --out AFTER EVERY CASE, so a run killed at its ti
   (a) 1024^2 edit, 1 reference, 4 steps      (b) 1024^2 edit, 4 references
   (c) 1024^2 text-to-image                   (d) 512^2 edit, 8 concurrent requests: batched vs unbatched
 
-Extras: --ablation (what each fast-path piece buys on (a), compile time included), --batch-sweep (per-image time
+Extras: --ablation (what each fast-path piece buys on (a), compile time included; `--ablation components` for the
+compiled VAE and text encoder, cudnn.benchmark, fused QKV and fp8 attention), --batch-sweep (per-image time
 by batch size at 512^2 and 1024^2: the data behind the batching rule), --deterministic-cost ((d) with every
 request deterministic), --profile (top kernels of one (a) run), --precision bf16,fp8 with --fp8-error.
 
@@ -375,12 +376,14 @@ def markdown(r) -> str:
             lines.append(f"| ({key}) (part failed) | {case['error'][:160]} | | | | | | | | | |")
     if r.get("ablation"):
         lines += ["", "What each fast-path step buys, case (a) (compile ≈ first call − p50):", "",
-                  "| configuration | p50 (s) | p90 (s) | denoise p50 (ms) | first call (s) | graphs compiled |", "|---|---|---|---|---|---|"]
+                  "| configuration | p50 (s) | p90 (s) | stage p50 ms (text / vae enc / denoise / decode / img enc) | first call (s) | "
+                  "graphs compiled |", "|---|---|---|---|---|---|"]
         for row in r["ablation"]:
             if "error" in row:
-                lines.append(f"| {row['step']} | failed: {row['error'][:160]} | | | | |")
+                lines.append(f"| {row['step']} | failed: {row['error'][:300]} | | | | |")
                 continue
-            lines.append(f"| {row['step']} | {row['p50_s']:.3f} | {row['p90_s']:.3f} | {row['stage_p50_ms'].get('denoise_ms', 0):.1f} | "
+            stages = " / ".join(f"{row['stage_p50_ms'].get(s, 0):.1f}" for s in STAGE_KEYS)
+            lines.append(f"| {row['step']} | {row['p50_s']:.3f} | {row['p90_s']:.3f} | {stages} | "
                          f"{row['first_call_s']:.2f} | {row['graphs_compiled_warming']} (+{row['graphs_compiled_timed']} while timed) |")
     if r.get("batch_sweep"):
         lines += ["", "Per-image time by batch size (1-reference edit; the batching rule comes from this):", "",
@@ -437,10 +440,27 @@ def engine_for(model, fastpath: FastPathOptions, deterministic=False) -> Engine:
     return Engine(model, EngineOptions(fastpath=fastpath, prompt_cache_mb=0, ref_cache_mb=0, deterministic=deterministic))
 
 
-def ablation(report, model, case, args, device):
+# On top of the default CUDA fast path (regional compile, channels_last VAE, SDPA priority), one piece added per row;
+# every row is timed end to end and by stage, so each piece shows in the stage it changes. The text encoder, the
+# longest compile (a whole 27-layer Qwen3), comes last so that a stage cut short at its limit keeps the other rows.
+_DEFAULT_FAST_PATH = dict(compile=True, compile_scope="blocks", channels_last=True, sdpa_priority=True)
+_WITH_VAE = dict(_DEFAULT_FAST_PATH, cudnn_benchmark=True, compile_vae=True)
+COMPONENT_STEPS = [
+    ("default fast path, cudnn.benchmark off", dict(_DEFAULT_FAST_PATH, cudnn_benchmark=False)),
+    ("+ cudnn.benchmark", dict(_DEFAULT_FAST_PATH, cudnn_benchmark=True)),
+    ("+ compiled VAE (encoder and decoder, dynamic shapes)", _WITH_VAE),
+    ("+ fused QKV (double blocks)", dict(_WITH_VAE, fuse_qkv=True)),
+    # refused in this build (fastpath.fp8_attention_refusal): the row records why, at no cost
+    ("+ fp8 attention", dict(_WITH_VAE, fuse_qkv=True, fp8_attention=True)),
+    ("+ compiled text encoder (whole, batch 1 static)", dict(_WITH_VAE, fuse_qkv=True, compile_text_encoder=True)),
+]
+CUDA_ONLY = ("compile_mode", "fp8_attention")  # CUDA graphs; fp8 attention (refused off CUDA as well)
+
+
+def ablation(report, model, case, args, device, which="fastpath"):
     """What each fast-path piece buys on case (a). Ordered so in-place changes (VAE channels_last) only accumulate;
-    the whole-model static compile comes last because it compiles longest."""
-    steps = [
+    the whole-model static compile comes last because it compiles longest. `which="components"`: COMPONENT_STEPS."""
+    steps = COMPONENT_STEPS if which == "components" else [
         ("eager (no fast path)", dict(compile=False, channels_last=False, sdpa_priority=False)),
         ("+ SDPA backend priority", dict(compile=False, channels_last=False, sdpa_priority=True)),
         ("+ VAE channels_last", dict(compile=False, channels_last=True, sdpa_priority=True)),
@@ -454,8 +474,8 @@ def ablation(report, model, case, args, device):
     for name, kw in steps:
         if kw["compile"] and device.type != "cuda" and args.compile is not True:
             continue  # inductor on CPU costs minutes; ask for it with --compile
-        if kw.get("compile_mode") and device.type != "cuda":
-            continue  # CUDA graphs exist on CUDA only
+        if device.type != "cuda" and any(kw.get(k) for k in CUDA_ONLY):
+            continue
         row = {"step": name}
         rows.append(row)
 
@@ -501,7 +521,10 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-backend", default="inductor")
     ap.add_argument("--compile-scope", default="blocks", choices=["blocks", "model"])
     ap.add_argument("--no-diffusers", action="store_true")
-    ap.add_argument("--ablation", action="store_true", help="also time case (a) with the fast-path pieces added one by one")
+    ap.add_argument("--ablation", nargs="?", const="fastpath", default=None, choices=["fastpath", "components"],
+                    help="also time case (a) with the fast-path pieces added one by one: 'fastpath' (eager to regional "
+                         "compile, CUDA graphs, whole-model compile; the default) or 'components' (cudnn.benchmark, "
+                         "compiled VAE and text encoder, fused QKV, fp8 attention, on top of the default fast path)")
     ap.add_argument("--batch-sweep", action="store_true", help="per-image time by batch size (the batching rule's data)")
     ap.add_argument("--deterministic-cost", action="store_true", help="also time (d) with every request deterministic")
     ap.add_argument("--profile", default="", help="comma list of cases to profile once (top kernels)")
@@ -601,6 +624,8 @@ def main(argv=None) -> int:
                                                                  args.runs, args.warmup, device, deterministic=True)
                         finally:
                             make_deterministic(False)  # the cases after this one measure the default mode
+                            if device.type == "cuda":  # which also turned cuDNN autotuning off
+                                torch.backends.cudnn.benchmark = engine.fastpath.cudnn_benchmark
                         entry["deterministic_cost_x"] = entry["deterministic"]["p50_s"] / ks["p50_s"]
 
             guarded(report, entry, f"kleinserve ({ckey})", measure)
@@ -613,7 +638,7 @@ def main(argv=None) -> int:
             batch_sweep(report, engine, TINY_SWEEP if args.tiny else FULL_SWEEP, args, device)
         del engine
     if args.ablation:
-        ablation(report, model, cases["a"], args, device)
+        ablation(report, model, cases["a"], args, device, args.ablation)
     report.save()
     print(markdown(report.data))
     js, md = report.paths

@@ -68,8 +68,25 @@ def test_gpu_run_stages_2_and_3_dry_run_on_cpu(tmp_path):
         assert ttr[run]["after_ready"]["alone_first_s"] > 0 and ttr[run]["after_ready"]["two_images_first_s"] > 0
 
 
+@pytest.mark.slow
+def test_gpu_run_stage_4_dry_run_on_cpu(tmp_path):
+    """The optional fast-path pieces, one row each on top of the default fast path, timed by stage."""
+    out, names = dry_run(tmp_path, "4")
+    s4 = json.loads((out / "engine-tiny-cpu-stage4.json").read_text())
+    assert s4["cases"] == {}
+    rows = {row["step"]: row for row in s4["ablation"]}
+    assert all("error" not in row for row in rows.values()), rows
+    for piece in ("cudnn.benchmark", "compiled VAE", "compiled text encoder", "fused QKV"):
+        assert any(piece in step for step in rows), (piece, list(rows))
+    assert not any("fp8 attention" in step for step in rows)  # CUDA only
+    for row in rows.values():
+        assert row["p50_s"] > 0 and {"text_encode_ms", "vae_encode_ms", "denoise_ms", "decode_ms"} <= set(row["stage_p50_ms"])
+    md = (out / "engine-tiny-cpu-stage4.md").read_text()
+    assert "text / vae enc / denoise / decode" in md and "+ fused QKV" in md
+
+
 def test_gpu_run_refuses_an_unknown_stage(tmp_path):
-    proc = subprocess.run(["bash", str(GPU_RUN), "4"], capture_output=True, text=True, timeout=60,
+    proc = subprocess.run(["bash", str(GPU_RUN), "5"], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "OUT": str(tmp_path)})
     assert proc.returncode == 2 and "unknown stage" in proc.stderr
 
