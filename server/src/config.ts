@@ -52,6 +52,10 @@ export const ConfigSchema = z.object({
   /** Disk bound of downloaded LoRAs (by content hash, least recently used first out) and the largest one accepted. */
   loraCacheMb: intFrom(4096),
   loraMaxMb: intFrom(1024),
+  /** The engine's LoRA bounds: the largest rank it accepts, and its host / GPU caches of converted adapters. */
+  loraMaxRank: z.coerce.number().int().positive().default(128),
+  loraHostCacheMb: intFrom(2048),
+  loraGpuCacheMb: intFrom(1024),
   /** Where Hugging Face repo ids are fetched from (a mirror, or a test's loopback server). */
   hfEndpoint: z.url().default('https://huggingface.co'),
   /** Image classifier the engine runs on every output (a directory or Hugging Face repo id); unset: none. */
@@ -107,6 +111,9 @@ export function loadConfig(values: Record<string, unknown>, env: NodeJS.ProcessE
     loraDir: values['lora-dir'] ?? (env.KLEINSERVE_LORA_DIR || undefined),
     loraCacheMb: values['lora-cache-mb'] ?? env.KLEINSERVE_LORA_CACHE_MB,
     loraMaxMb: values['lora-max-mb'] ?? env.KLEINSERVE_LORA_MAX_MB,
+    loraMaxRank: values['lora-max-rank'] ?? env.KLEINSERVE_LORA_MAX_RANK,
+    loraHostCacheMb: values['lora-host-cache-mb'] ?? env.KLEINSERVE_LORA_HOST_CACHE_MB,
+    loraGpuCacheMb: values['lora-gpu-cache-mb'] ?? env.KLEINSERVE_LORA_GPU_CACHE_MB,
     hfEndpoint: env.KLEINSERVE_HF_ENDPOINT || env.HF_ENDPOINT || undefined,
     safetyChecker: values['safety-checker'] ?? (env.KLEINSERVE_SAFETY_CHECKER || undefined),
     safetyPolicy: values['safety-policy'] ?? (env.KLEINSERVE_SAFETY_POLICY || undefined),

@@ -43,7 +43,16 @@ type LocalEngineConfig = {
   safetyThreshold?: number;
   allowSafetyOptOut?: boolean;
   deterministic?: boolean;
-};
+} & EngineLoraLimits;
+
+/** The engine's LoRA bounds as the operator sets them (`--lora-*`); unset ones keep the engine's defaults. */
+export interface EngineLoraLimits {
+  loraMaxRank?: number;
+  loraMaxMb?: number;
+  /** Host memory of converted adapters (the engine's `--lora-cache-mb`; the server's own is its disk cache). */
+  loraHostCacheMb?: number;
+  loraGpuCacheMb?: number;
+}
 
 /**
  * The engine a `serve` process or a worker runs next to itself. Fixed names in the data dir: a process restarted
@@ -62,7 +71,7 @@ export function localEngine(cfg: LocalEngineConfig, logger: Logger, served: { ch
     logger,
     idleDeadlineMs: cfg.engineIdleDeadlineMs,
     startupTimeoutMs: cfg.engineStartupTimeoutMs,
-    extraArgs: ['--data-dir', cfg.dataDir, ...safetyArgs(cfg), ...(cfg.deterministic ? ['--deterministic'] : [])],
+    extraArgs: engineArgs(cfg),
   });
 }
 
@@ -78,6 +87,22 @@ export function localEngines(cfg: LocalEngineConfig & { models?: ServedModel[] }
     engines.set(m.id, localEngine(cfg, models.length === 1 ? logger : logger.child({ model: m.id }), { checkpoint: m.checkpoint, dir }));
   }
   return new ModelEngines(engines);
+}
+
+/** The engine's flags beyond its model and socket, from the operator's settings. */
+export function engineArgs(cfg: LocalEngineConfig): string[] {
+  return ['--data-dir', cfg.dataDir, ...safetyArgs(cfg), ...loraArgs(cfg), ...(cfg.deterministic ? ['--deterministic'] : [])];
+}
+
+/** LoRA bounds, as the engine's flags: it refuses adapters over them and sizes its adapter caches by them. */
+export function loraArgs(cfg: EngineLoraLimits): string[] {
+  const flags: [string, number | undefined][] = [
+    ['--lora-max-rank', cfg.loraMaxRank],
+    ['--lora-max-mb', cfg.loraMaxMb],
+    ['--lora-cache-mb', cfg.loraHostCacheMb],
+    ['--lora-gpu-cache-mb', cfg.loraGpuCacheMb],
+  ];
+  return flags.flatMap(([flag, value]) => (value === undefined ? [] : [flag, String(value)]));
 }
 
 /** The operator's safety-checker settings, as the engine's flags (the engine loads and runs the checker). */

@@ -73,6 +73,11 @@ describe('kleinserve --help and --version', () => {
     expect(shown['--host']).toBe(applied.host);
     expect(Number(shown['--port'])).toBe(applied.port);
     expect(Number(shown['--concurrency'])).toBe(applied.concurrency);
+    expect(Number(shown['--lora-max-rank'])).toBe(applied.loraMaxRank);
+    expect(Number(shown['--lora-max-mb'])).toBe(applied.loraMaxMb);
+    expect(Number(shown['--lora-host-cache-mb'])).toBe(applied.loraHostCacheMb);
+    expect(Number(shown['--lora-gpu-cache-mb'])).toBe(applied.loraGpuCacheMb);
+    expect(Number(shown['--lora-cache-mb'])).toBe(applied.loraCacheMb);
   });
 
   it('keeps the server keys (plural) and the client key (singular) apart in help', () => {

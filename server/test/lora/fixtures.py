@@ -30,6 +30,8 @@ if "--no-loras" not in sys.argv:
         "http": write(random_lora(t, rank=2, seed=2), "diffusers", out / "http.safetensors"),
         "hub": write(random_lora(t, rank=4, seed=3), "bfl", out / "hub.safetensors"),
         "rank": write(random_lora(t, rank=160, seed=4, modules={"single_blocks.0.linear2"}), "diffusers", out / "rank160.safetensors"),
+        # a whole, valid adapter just above a small --lora-max-rank (the engine limits test serves with 4)
+        "rank8": write(random_lora(t, rank=8, seed=5), "diffusers", loras / "rank8.safetensors"),
         "not_lora": loras / "notes.safetensors",
         "other_model": loras / "other.safetensors",
     }
