@@ -37,10 +37,12 @@ def max_diff(a, b) -> int:
 
 
 def shallow(model, layers=1):
-    """The model with its text encoder cut to `layers` layers, the last read three times: tracing 27 takes a minute."""
+    """The model with its text encoder cut to `layers` layers, the last read three times: tracing 27 takes a minute.
+    The layers are copies: sharing them with the session's model let tracing the cut encoder change what the full
+    one records as its hidden states, and every later test reading them (parity, LoRA parity, loading) drifted."""
     te = copy.copy(model.text_encoder)
     te._modules = dict(te._modules)
-    te.layers = torch.nn.ModuleList(list(te.layers)[:layers])
+    te.layers = torch.nn.ModuleList([copy.deepcopy(layer) for layer in list(te.layers)[:layers]])
     te.config = copy.copy(te.config)
     te.config.num_hidden_layers = layers
     if getattr(te.config, "layer_types", None):
