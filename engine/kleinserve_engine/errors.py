@@ -48,3 +48,8 @@ def internal_error(exc: BaseException, log, what: str) -> EngineError:
 
 class ModelUnavailable(Exception):
     """The weights are missing and cannot be fetched: fatal at startup, reported as MODEL_UNAVAILABLE (exit 2)."""
+
+
+class SetupRefused(RuntimeError):
+    """A fast-path setting this machine cannot run (fp8 without CUDA or torchao): fatal at startup, and its message
+    is ours, so health and the failed event show it instead of a generic load failure."""

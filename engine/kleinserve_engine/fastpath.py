@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .compiled_components import no_duck_shapes
+from .errors import SetupRefused
 
 log = logging.getLogger("kleinserve_engine.fastpath")
 
@@ -116,7 +117,7 @@ def quantize_fp8(transformer) -> None:
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     except ImportError as exc:
-        raise RuntimeError("--precision fp8 needs torchao (pip install 'kleinserve-engine[fp8]')") from exc
+        raise SetupRefused("--precision fp8 needs torchao (pip install 'kleinserve-engine[fp8]')") from exc
     quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fp8_filter(transformer))
 
 
@@ -242,9 +243,9 @@ def prepare(model, opts: FastPathOptions) -> Denoiser:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = opts.cudnn_benchmark
     if opts.fp8_attention:
-        raise RuntimeError(fp8_attention_refusal(model.device))
+        raise SetupRefused(fp8_attention_refusal(model.device))
     if opts.precision == "fp8" and model.device.type != "cuda":
-        raise RuntimeError("--precision fp8 needs a CUDA device")
+        raise SetupRefused("--precision fp8 needs a CUDA device")
     # fused first: the fp8 filter then sees to_qkv, and quantizes the Linears the forward runs
     transformer = with_fused_qkv(model.transformer) if opts.fuse_qkv else model.transformer
     if opts.precision == "fp8":

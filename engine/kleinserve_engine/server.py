@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import protocol
 from .batcher import DEFAULT_BATCH_RULE, BatchRule
-from .errors import Canceled, EngineError, InvalidRequest, ModelUnavailable, NotReady, internal_error
+from .errors import Canceled, EngineError, InvalidRequest, ModelUnavailable, NotReady, SetupRefused, internal_error
 from .lora.spec import MAX_LORAS, LoraOptions
 from .metrics import Metrics
 from .preprocess import DEFAULT_MAX_REF_PIXELS, MAX_ASPECT, MIN_SIDE
@@ -31,6 +31,9 @@ log = logging.getLogger("kleinserve_engine.server")
 # How long a stopping engine waits for the batch it is running and that batch's encodes: under the 5 s the
 # supervisor gives SIGTERM before it kills the process.
 CLOSE_GRACE_S = 3.0
+# Startup failures whose message is ours to show (health, the failed event, stderr); anything else may carry
+# library internals and is shown as a generic load failure with the details in the log.
+STARTUP_REFUSALS = (ModelUnavailable, SetupRefused)
 
 
 @dataclass
@@ -229,7 +232,7 @@ class EngineServer:
         else:
             self.status = "failed"
             # health and NOT_READY answers carry this: only our own messages, never an exception's internals
-            self.error = str(exc) if isinstance(exc, ModelUnavailable) else "the model could not be loaded (see the engine log)"
+            self.error = str(exc) if isinstance(exc, STARTUP_REFUSALS) else "the model could not be loaded (see the engine log)"
         if not self.load_done.done():
             self.load_done.set_result(exc)
 
@@ -450,9 +453,9 @@ async def serve(cfg: ServeConfig) -> int:
         return 0
     exc = server.load_done.result()
     if exc is not None:
-        if not isinstance(exc, ModelUnavailable):
+        if not isinstance(exc, STARTUP_REFUSALS):
             log.error("model could not be loaded", exc_info=exc)
-        message = str(exc) if isinstance(exc, ModelUnavailable) else "the model could not be loaded (the engine log on stderr has the details)"
+        message = str(exc) if isinstance(exc, STARTUP_REFUSALS) else "the model could not be loaded (the engine log on stderr has the details)"
         events.write(json.dumps({"event": "failed", "code": "MODEL_UNAVAILABLE", "message": message}) + "\n")
         events.flush()
         print(f"kleinserve-engine: {message}", file=sys.stderr)

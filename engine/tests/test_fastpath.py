@@ -106,12 +106,25 @@ def test_warmup_buckets_parse_and_run(engine):
     assert len(engine.prompt_cache) == 0  # warm-up leaves no entries behind
 
 
-def test_fp8_is_refused_on_cpu(model):
+def test_fp8_is_refused_on_cpu_with_its_reason_on_the_wire(model, tiny_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
     from kleinserve_engine.fastpath import FastPathOptions
     from kleinserve_engine.pipeline import Engine, EngineOptions
 
     with pytest.raises(RuntimeError, match="CUDA"):
         Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu", precision="fp8")))
+    # serve: the operator reads why (the failed event and stderr), not a generic "could not be loaded"
+    proc = subprocess.run([sys.executable, "-m", "kleinserve_engine", "serve", "--model", str(tiny_dir), "--precision", "fp8",
+                           "--listen", f"unix:{tmp_path / 's.sock'}", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    failed = [e for e in events if e.get("event") == "failed"]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert failed and "--precision fp8 needs a CUDA device" in failed[0]["message"], events
+    assert "needs a CUDA device" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_fp8_attention_is_refused_off_cuda_and_by_the_command_line(model, tmp_path):
