@@ -25,6 +25,7 @@ import { playgroundRoutes } from './http/playground.ts';
 import requestLog from './http/request-log.ts';
 import securityHeaders from './http/security-headers.ts';
 import storedInputRoutes from './http/stored-inputs.ts';
+import uploadRoutes from './http/uploads.ts';
 import type { Metrics } from './metrics.ts';
 import errorsPlugin from './plugins/errors.ts';
 import type { RunService } from './runs/service.ts';
@@ -99,6 +100,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   if (deps.objects.localPath) fs.mkdirSync(deps.objects.localPath('outputs'), { recursive: true });
   await app.register(outputRoutes, { objects: deps.objects });
   await app.register(storedInputRoutes, { runs: deps.runs });
+  await app.register(uploadRoutes, { runs: deps.runs });
 
   const surface: SurfaceDeps = { runs: deps.runs, engine: deps.engine, baseUrl: deps.baseUrl, storage: deps.storage };
   await app.register(runflowSurface, surface);

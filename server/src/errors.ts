@@ -10,6 +10,7 @@ export type ErrorKind =
   | 'bad_request'
   | 'unauthorized'
   | 'not_found'
+  | 'gone'
   | 'conflict'
   | 'payload_too_large'
   | 'unsupported_media_type'

@@ -1,6 +1,7 @@
 // API keys on every route except those that opt out with `config: { public: true }` (health,
-// metrics, OpenAPI, outputs, whose URLs are unguessable). The caller handed to the run service is the
-// hash of its key, never the key itself.
+// metrics, OpenAPI, outputs, whose URLs are unguessable). A public route that shows a keyed caller more (an
+// uploaded asset only its owner may read) adds `optionalKey: true`: a key it is sent is checked like anywhere
+// else. The caller handed to the run service is the hash of its key, never the key itself.
 import fp from 'fastify-plugin';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { hashKey, type KeyRing } from '../auth/keys.ts';
@@ -10,6 +11,8 @@ import type { Caller } from '../runs/service.ts';
 declare module 'fastify' {
   interface FastifyContextConfig {
     public?: boolean;
+    /** With `public`: no key needed, but one that is sent must be valid. */
+    optionalKey?: boolean;
   }
 }
 
@@ -33,8 +36,9 @@ export function callerOf(req: FastifyRequest): Caller {
 
 export default fp(async function authPlugin(app: FastifyInstance, opts: { keys: KeyRing }) {
   app.addHook('onRequest', async (req) => {
-    if (req.routeOptions.config?.public || !req.routeOptions.url) return;
+    const config = req.routeOptions.config;
     const header = req.headers.authorization ?? req.headers['x-key'];
+    if (!req.routeOptions.url || (config?.public && !(config.optionalKey && header))) return;
     const key = bearerKey(req);
     if (!key || !opts.keys.check(key)) {
       throw new ServiceError('unauthorized', 'UNAUTHORIZED', header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key> (or Key <key>, or an x-key header)');

@@ -6,7 +6,7 @@
 // - bodies a route reads or writes itself, which Fastify's schemas cannot describe (multipart, raw bytes,
 //   image files, Server-Sent Events), come from the route's `config.docs` or from OPERATIONS;
 // - the errors every route can give: public routes need no key, any route may answer 400/413/415/431 from
-//   the HTTP layer, keyed ones 401, routes with path parameters 404, creates 409/429/503 (model unavailable).
+//   the HTTP layer, keyed ones (and public ones that check a key when sent) 401, routes with path parameters 404, creates 409/429/503 (model unavailable).
 // Only the document changes; responses are still serialized by each route's own schemas.
 import type { FastifyInstance } from 'fastify';
 
@@ -21,6 +21,8 @@ export interface RouteDocs {
   responses?: Record<string, Json>;
   /** The JSON schema of this route's error bodies, when it is not the contract's `Error`. */
   errorSchema?: Json;
+  /** Error statuses of this route's own beyond those every route gets, each with what it means here. */
+  errors?: Record<string, string>;
   /** The name of its success responses. */
   ok?: string;
 }
@@ -107,13 +109,19 @@ const OPERATIONS: Record<string, RouteDocs> = {
   },
   'get /v1/assets/{id}/{token}': {
     operationId: 'getAssetFile',
-    description: 'An uploaded asset, at the unguessable URL its upload answered.',
+    description:
+      'An uploaded asset, at the unguessable URL its upload answered. The URL is the authorisation, except for an asset ' +
+      "uploaded through fal's storage (its file_url): that one also needs the key that uploaded it (401 without a key).",
     responses: { '200': imageFile('The image') },
   },
   'put /v1/asset-uploads/{id}/{token}': {
     operationId: 'uploadAssetBytes',
-    description: 'Uploads the bytes of a reserved asset. The URL is the authorisation (no key).',
+    description:
+      'Uploads the bytes of a reserved asset (Runflow) or of a presigned upload (fal storage). The URL is the authorisation (no key). ' +
+      'The body is read as a stream and refused (413) once it crosses the asset\'s bound: its declared size, or for fal the inline-image ' +
+      'limit. A fal upload URL takes one upload, must be used within 15 minutes, and its bytes must be an image (422 naming `body`).',
     requestBody: { required: true, content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } } },
+    errors: { '409': 'The upload URL was already used (fal) or the asset is confirmed (Runflow)', '410': 'The upload URL expired' },
   },
 };
 
@@ -136,19 +144,22 @@ const ERROR_DESCRIPTIONS: Record<string, string> = {
 
 interface RouteFacts {
   isPublic: Set<string>;
+  /** Public routes that check a key when one is sent (401 on a bad one). */
+  optionalKey: Set<string>;
   creates: Set<string>;
   docs: Map<string, RouteDocs>;
 }
 
 /** Public routes, creates and their docs, collected as routes are added (OpenAPI paths use {param}). */
 export function collectRouteFacts(app: FastifyInstance): RouteFacts {
-  const facts: RouteFacts = { isPublic: new Set(), creates: new Set(), docs: new Map() };
+  const facts: RouteFacts = { isPublic: new Set(), optionalKey: new Set(), creates: new Set(), docs: new Map() };
   app.addHook('onRoute', (route) => {
     const path = route.url.replace(/:([A-Za-z0-9_]+)/g, '{$1}');
     const methods = Array.isArray(route.method) ? route.method : [route.method];
     for (const m of methods) {
       const key = `${m.toLowerCase()} ${path}`;
       if (route.config?.public) facts.isPublic.add(key);
+      if (route.config?.public && route.config.optionalKey) facts.optionalKey.add(key);
       if (route.config?.createsRun) facts.creates.add(key);
       if (route.config?.docs) facts.docs.set(key, route.config.docs);
     }
@@ -183,8 +194,8 @@ export function conventionalOperationId(method: string, path: string): string {
   return verb + (nouns.length ? pascal(nouns.join('-')) : 'Root');
 }
 
-function errorResponse(code: string, schema: Json): Json {
-  return { description: ERROR_DESCRIPTIONS[code], content: { 'application/json': { schema } } };
+function errorResponse(code: string, schema: Json, description = ERROR_DESCRIPTIONS[code]): Json {
+  return { description, content: { 'application/json': { schema } } };
 }
 
 /** Completes the generated document: ids, descriptions, hand-written bodies, named responses, servers, errors. */
@@ -215,7 +226,7 @@ export function completeDocument(doc: Json, facts: RouteFacts, opts: { serverUrl
       const errorSchema = docs.errorSchema ?? ERROR_REF;
       const codes = ['400', '431'];
       if (facts.isPublic.has(key)) op.security = [];
-      else codes.push('401');
+      if (!facts.isPublic.has(key) || facts.optionalKey.has(key)) codes.push('401');
       if (path.includes('{')) codes.push('404');
       if (op.requestBody || ['post', 'put', 'patch'].includes(method)) codes.push('413', '415', '422');
       if (op.parameters?.length) codes.push('422');
@@ -223,6 +234,7 @@ export function completeDocument(doc: Json, facts: RouteFacts, opts: { serverUrl
       for (const code of codes) {
         op.responses[code] ??= code === '431' ? { description: 'Request headers too large' } : errorResponse(code, errorSchema);
       }
+      for (const [code, description] of Object.entries(docs.errors ?? {})) op.responses[code] ??= errorResponse(code, errorSchema, description);
     }
   }
   return doc;

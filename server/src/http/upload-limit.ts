@@ -1,6 +1,7 @@
-// The body limit for requests a route reads as a stream (multipart uploads), which Fastify's own bodyLimit
-// does not cover: refused at once when the declared length is over the limit, or as soon as the bytes
-// received cross it. Reading then stops, so the server holds at most the limit, never the whole upload.
+// The body limit for requests a route reads as a stream (multipart uploads, raw uploads whose bound depends on
+// where they go), which Fastify's own bodyLimit does not cover: refused at once when the declared length is
+// over the limit, or as soon as the bytes received cross it. Reading then stops, so the server holds at most
+// the limit, never the whole upload.
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { ServiceError } from '../errors.ts';
 
@@ -15,7 +16,13 @@ export interface UploadLimit {
  * Call right before starting to read the body (same tick). Throws the 413 at once when the declared
  * Content-Length is over the limit, so not a byte of such a body is read.
  */
-export function limitUpload(req: FastifyRequest, reply: FastifyReply, maxBytes = req.routeOptions.bodyLimit ?? req.server.initialConfig.bodyLimit ?? 0): UploadLimit {
+export function limitUpload(
+  req: FastifyRequest,
+  reply: FastifyReply,
+  maxBytes = req.routeOptions.bodyLimit ?? req.server.initialConfig.bodyLimit ?? 0,
+  /** Names the body in the refusal's errors[] (a raw upload is one field); absent: no field errors. */
+  field?: string,
+): UploadLimit {
   const raw = req.raw;
   let reject!: (err: Error) => void;
   const exceeded = new Promise<never>((_, r) => (reject = r));
@@ -23,7 +30,8 @@ export function limitUpload(req: FastifyRequest, reply: FastifyReply, maxBytes =
   const tooLarge = (what: string) => {
     // The rest of the upload is not read: close the connection after the answer instead of draining it.
     reply.header('connection', 'close');
-    return new ServiceError('payload_too_large', 'PAYLOAD_TOO_LARGE', `request body ${what} the ${maxBytes}-byte limit`);
+    const message = `request body ${what} the ${maxBytes}-byte limit`;
+    return new ServiceError('payload_too_large', 'PAYLOAD_TOO_LARGE', message, field ? [{ field, reason: message }] : []);
   };
 
   const declared = Number(raw.headers['content-length']);
@@ -40,4 +48,24 @@ export function limitUpload(req: FastifyRequest, reply: FastifyReply, maxBytes =
   };
   raw.on('data', onData);
   return { exceeded, stop: () => raw.off('data', onData) };
+}
+
+/**
+ * A raw body the route's parser left unread, whole, under `maxBytes`: the 413 comes as soon as it is crossed
+ * (or at once, from Content-Length), so at most the limit is ever held.
+ */
+export function readBodyWithin(req: FastifyRequest, reply: FastifyReply, maxBytes: number, field?: string): Promise<Buffer> {
+  const raw = req.raw;
+  if (raw.readableEnded) return Promise.resolve(Buffer.alloc(0));
+  const limit = limitUpload(req, reply, maxBytes, field);
+  const chunks: Buffer[] = [];
+  const body = new Promise<Buffer>((resolve, reject) => {
+    raw.on('data', (chunk: Buffer) => chunks.push(chunk));
+    raw.once('end', () => resolve(Buffer.concat(chunks)));
+    raw.once('error', reject);
+    raw.once('close', () => {
+      if (!raw.readableEnded) reject(new ServiceError('bad_request', 'UPLOAD_INTERRUPTED', 'the connection closed before the whole body arrived'));
+    });
+  });
+  return Promise.race([body, limit.exceeded]).finally(limit.stop);
 }

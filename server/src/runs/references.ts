@@ -5,7 +5,7 @@
 import { ServiceError } from '../errors.ts';
 import { ImageInputError } from '../images/index.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
-import type { AssetLibrary } from './assets.ts';
+import type { AssetAccess, AssetLibrary } from './assets.ts';
 import type { RunStore } from './store.ts';
 import type { RunRecord } from './types.ts';
 
@@ -18,6 +18,9 @@ export const inputUrl = (baseUrl: string, run: Pick<RunRecord, 'id' | 'output_to
   `${baseUrl}/v1/inputs/${run.id}/${run.output_token}/${index}`;
 
 export const assetUrl = (baseUrl: string, asset: { id: string; token: string }) => `${baseUrl}/v1/assets/${asset.id}/${asset.token}`;
+
+/** Where an asset's bytes are PUT (http/uploads.ts): the token is the authorisation, as in a presigned URL. */
+export const uploadUrl = (baseUrl: string, asset: { id: string; token: string }) => `${baseUrl}/v1/asset-uploads/${asset.id}/${asset.token}`;
 
 export interface ReferencedImage {
   bytes: Buffer;
@@ -46,7 +49,7 @@ export class InputReferences {
     const base = this.deps.baseUrl();
     if (!base || url.origin !== new URL(base).origin) return undefined;
     const asset = ASSET_PATH.exec(url.pathname);
-    if (asset) return this.asset(asset[1], { token: asset[2] }, field);
+    if (asset) return this.asset(asset[1], { token: asset[2], owner }, field);
     const input = INPUT_PATH.exec(url.pathname);
     if (input) {
       try {
@@ -73,7 +76,7 @@ export class InputReferences {
     }
   }
 
-  private async asset(id: string, access: { token: string } | { owner: string }, field: string): Promise<ReferencedImage> {
+  private async asset(id: string, access: AssetAccess, field: string): Promise<ReferencedImage> {
     try {
       const { asset, bytes } = await this.deps.assets.content(id, access);
       return { bytes, mime: asset.mime_type };

@@ -1,7 +1,9 @@
 // fal's API against the REAL server + tiny engine, driven by the official `@fal-ai/client` configured only with
 // proxyUrl (fal's proxy protocol at /fal/proxy): subscribe, queue submit/status/result/cancel, the synchronous
-// run, a fal_webhook round trip, fal-shaped errors, and the same runs read and canceled through Runflow's routes.
+// run, a fal_webhook round trip, fal-shaped errors, the same runs read and canceled through Runflow's routes, and
+// the client's storage uploads (a Blob in the input, fal.storage.upload) with their upload URL's terms.
 import { createHmac } from 'node:crypto';
+import http from 'node:http';
 import { createFalClient, ApiError, ValidationError } from '@fal-ai/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { callbackReceiver } from '../helpers/receivers.ts';
@@ -9,6 +11,7 @@ import { dataUri, testImage } from '../helpers/images.ts';
 import { startServer, waitFor, type ServerHandle } from '../helpers/server.ts';
 
 const KEY = 'ks_test_fal';
+const OTHER_KEY = 'ks_test_fal_other';
 const SECRET = 'fal-callback-secret';
 const EDIT = 'fal-ai/flux-2/klein/4b/edit';
 let server: ServerHandle;
@@ -17,7 +20,7 @@ let image: string;
 
 beforeAll(async () => {
   server = await startServer({
-    apiKeys: [KEY],
+    apiKeys: [KEY, OTHER_KEY],
     env: { KLEINSERVE_FETCH_ALLOWLIST: '127.0.0.1', KLEINSERVE_CALLBACK_SECRET: SECRET, KLEINSERVE_CALLBACK_BASE_DELAY_MS: '50' },
   });
   fal = createFalClient({ credentials: KEY, proxyUrl: { url: `${server.url}/fal/proxy`, when: 'always' } });
@@ -129,5 +132,108 @@ describe('fal through the official client and the proxy protocol', () => {
     const target = await fetch(`${server.url}/fal/proxy`, { method: 'POST', headers: { authorization: `Key ${KEY}`, 'x-fal-target-url': 'https://evil.example/x' } });
     expect(target.status).toBe(400);
     expect((await target.json()).errors[0].field).toBe('header.x-fal-target-url');
+  });
+});
+
+/** PUTs `total` bytes without a Content-Length (chunked), stopping once the server has answered. */
+function putStreamed(url: string, total: number): Promise<{ status: number; body: any; sent: number }> {
+  return new Promise((resolve, reject) => {
+    let sent = 0;
+    let answered = false;
+    const req = http.request(url, { method: 'PUT', headers: { 'content-type': 'image/jpeg' } }, (res) => {
+      answered = true;
+      const chunks: Buffer[] = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(Buffer.concat(chunks).toString()), sent }));
+    });
+    // The server answers and closes while this side still sends: the write fails, the answer is still read.
+    req.on('error', () => setTimeout(() => answered || reject(new Error('no answer')), 3000));
+    const chunk = Buffer.alloc(256 * 1024, 0x5a);
+    const pump = () => {
+      while (sent < total && !answered && !req.destroyed) {
+        sent += chunk.length;
+        if (!req.write(chunk)) return void req.once('drain', pump);
+      }
+      if (!answered && !req.destroyed) req.end();
+    };
+    pump();
+  });
+}
+
+describe("fal storage: the client's uploads of Blobs and Files", () => {
+  const MiB = 1024 * 1024;
+  let tall: Buffer;
+  beforeAll(async () => {
+    tall = await testImage(64, 112);
+  });
+  const other = () => createFalClient({ credentials: OTHER_KEY, proxyUrl: { url: `${server.url}/fal/proxy`, when: 'always' } });
+
+  it('fal.subscribe uploads a Blob in image_urls and edits that image', async () => {
+    // The endpoint's input type says string; the client uploads any Blob it finds in an input and sends its URL.
+    const blob = new Blob([new Uint8Array(tall)], { type: 'image/jpeg' }) as unknown as string;
+    const result = await fal.subscribe(EDIT, { input: { prompt: 'from a blob', image_urls: [blob], num_inference_steps: 1 }, pollInterval: 100 });
+    // The edit's size follows its input: the uploaded 64x112, not anything else.
+    expect((result.data as any).images[0]).toMatchObject({ width: 64, height: 112 });
+    const run = await (await runflow(`/v1/runs/${result.requestId}`)).json();
+    const input = await fetch(run.input.image_urls[0]);
+    expect(Buffer.from(await input.arrayBuffer()).equals(tall)).toBe(true);
+  });
+
+  it('fal.storage.upload answers a file_url that the same key runs and reads, and no other key can', async () => {
+    const url = await fal.storage.upload(new Blob([new Uint8Array(tall)], { type: 'image/jpeg' }));
+    expect(url.startsWith(`${server.url}/v1/assets/`)).toBe(true);
+
+    const own = await fetch(url, { headers: { authorization: `Key ${KEY}` } });
+    expect(own.status).toBe(200);
+    expect(own.headers.get('content-type')).toBe('image/jpeg');
+    expect(Buffer.from(await own.arrayBuffer()).equals(tall)).toBe(true);
+    expect((await fetch(url)).status).toBe(401);
+    expect((await fetch(url, { headers: { authorization: `Key ${OTHER_KEY}` } })).status).toBe(404);
+
+    const { data } = await fal.subscribe(EDIT, { input: { prompt: 'from file_url', image_urls: [url], num_inference_steps: 1 }, pollInterval: 100 });
+    expect((data as any).images[0]).toMatchObject({ width: 64, height: 112 });
+    const stolen = await other().queue.submit(EDIT, { input: { prompt: 'not mine', image_urls: [url], num_inference_steps: 1 } }).catch((e) => e);
+    expect(stolen).toBeInstanceOf(ValidationError);
+    expect(stolen.fieldErrors[0].loc).toEqual(['body', 'image_urls', 0]);
+    expect(stolen.fieldErrors[0].msg).toMatch(/not found/);
+  });
+
+  it('the upload URL takes one image under the inline-image limit, once; larger files are refused', async () => {
+    const initiate = (content_type: string) =>
+      fetch(`${server.url}/fal/proxy`, {
+        method: 'POST',
+        headers: { authorization: `Key ${KEY}`, 'content-type': 'application/json', 'x-fal-target-url': 'https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3' },
+        body: JSON.stringify({ content_type, file_name: 'x.jpg' }),
+      });
+    const notImageType = await initiate('text/plain');
+    expect(notImageType.status).toBe(422);
+    expect((await notImageType.json()).detail[0].loc).toEqual(['body', 'content_type']);
+
+    const { upload_url } = await (await initiate('image/jpeg')).json();
+    const put = (body: Uint8Array) => fetch(upload_url, { method: 'PUT', headers: { 'content-type': 'image/jpeg' }, body: new Blob([body as Uint8Array<ArrayBuffer>]) });
+    const text = await put(new TextEncoder().encode('hello, not an image'));
+    expect(text.status).toBe(422);
+    expect((await text.json()).errors).toEqual([{ field: 'body', reason: 'text is not an image' }]);
+    const declared = await put(new Uint8Array(20 * MiB + 1));
+    expect(declared.status).toBe(413);
+    expect((await declared.json()).errors[0]).toMatchObject({ field: 'body', reason: expect.stringContaining(`${20 * MiB}-byte limit`) });
+    // Without a Content-Length the body is refused as it crosses the limit, not once it has all arrived.
+    const streamed = await putStreamed(upload_url, 64 * MiB);
+    expect(streamed.status).toBe(413);
+    expect(streamed.sent).toBeLessThan(40 * MiB);
+
+    expect((await put(new Uint8Array(tall))).status).toBe(200);
+    const again = await put(new Uint8Array(tall));
+    expect(again.status).toBe(409);
+    expect(await again.json()).toMatchObject({ code: 'UPLOAD_URL_USED', message: expect.stringContaining('already used') });
+    const unknown = await fetch(upload_url.replace(/[0-9a-f]{32}$/, '0'.repeat(32)), { method: 'PUT', body: new Uint8Array(tall) });
+    expect(unknown.status).toBe(404);
+    expect((await unknown.json()).code).toBe('UPLOAD_NOT_FOUND');
+
+    // Over 90 MB the client asks for a multipart upload, refused before any byte is sent.
+    const huge = await fal.storage.upload(new Blob([new Uint8Array(91 * MiB)], { type: 'image/jpeg' })).catch((e) => e);
+    expect(huge).toBeInstanceOf(ApiError);
+    expect(huge.status).toBe(413);
+    expect(huge.message).toMatch(/over 90 MB.*20 MiB/);
   });
 });

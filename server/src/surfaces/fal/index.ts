@@ -4,8 +4,10 @@
 //           GET  /fal/queue/fal-ai/flux-2/requests/{id}                      -> the result (or the failure)
 //           PUT  /fal/queue/fal-ai/flux-2/requests/{id}/cancel
 //   sync    POST /fal/run/fal-ai/flux-2/klein/4b[/edit]                      -> the result, held until the end
-//   proxy   ANY  /fal/proxy with x-fal-target-url: https://queue.fal.run/... or https://fal.run/... (what the
-//           client sends with proxyUrl), answered by the routes above as if called directly.
+//   storage POST /fal/storage/upload/initiate {content_type, file_name}      -> {upload_url, file_url} (storage.ts)
+//   proxy   ANY  /fal/proxy with x-fal-target-url: https://queue.fal.run/..., https://fal.run/... or
+//           https://rest.fal.ai/storage/upload/... (what the client sends with proxyUrl), answered by the routes
+//           above as if called directly.
 // Errors carry fal's `detail` (a list of {loc, msg, type} for a field, else a string) and the contract's fields.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
@@ -19,6 +21,7 @@ import { isTerminal, type RunRecord } from '../../runs/types.ts';
 import type { SurfaceDeps } from '../surface.ts';
 import { falField, SYNC_MODE_METADATA, toRunRequest } from './inputs.ts';
 import { falProxy } from './proxy.ts';
+import { falStorage } from './storage.ts';
 import { APP_ID, failureDetail, requestUrls, resultBody, statusBody } from './render.ts';
 import {
   FalCancelSchema,
@@ -170,5 +173,6 @@ export async function falSurface(root: FastifyInstance, deps: SurfaceDeps): Prom
     );
   }
 
+  await falStorage(app, deps);
   await falProxy(app);
 }

@@ -94,5 +94,27 @@ export const FalCancelSchema = z.object({
   errors: z.array(z.object({ field: z.string(), reason: z.string() })).optional(),
 });
 
+/** What the client sends to start an upload of a Blob or File it found in an input (or fal.storage.upload). */
+export const FalUploadInitiateSchema = z
+  .strictObject({
+    content_type: z
+      .string()
+      .regex(/^(image\/[a-z0-9.+-]+|application\/octet-stream)$/i, 'must be an image/* type (or application/octet-stream, for a Blob without a type)')
+      .describe("the file's type; its bytes must be an image whatever it says"),
+    file_name: z.string().trim().min(1).max(255),
+  })
+  .meta({ id: 'FalUploadInitiate' });
+
+export const FalUploadQuerySchema = z.object({
+  storage_type: z.string().max(64).optional().describe('accepted for the client (fal-cdn-v3); the bytes are kept on this server'),
+});
+
+export const FalUploadTargetSchema = z
+  .object({
+    upload_url: z.string().describe('PUT the bytes here, without a key; once, within 15 minutes'),
+    file_url: z.string().describe('pass it as an image input; readable and usable only with the key that started the upload'),
+  })
+  .meta({ id: 'FalUploadTarget' });
+
 /** fal's error body in OpenAPI: FastAPI's, since fal serves on FastAPI. */
 export const FAL_ERROR_JSON_SCHEMA = FASTAPI_ERROR_JSON_SCHEMA;

@@ -1,12 +1,12 @@
 // Runflow's asset uploads, the SDK's browser flow: POST /v1/asset-uploads reserves an asset and answers an
-// upload URL; the bytes go to that URL with a PUT that needs no key (its token is the authorisation, like a
-// presigned URL); POST /v1/asset-uploads/{id}/confirmations makes it an asset whose `url` (or
-// runflow://assets/{id}) any run input accepts.
+// upload URL; the bytes go to that URL with a PUT that needs no key (http/uploads.ts: its token is the
+// authorisation, like a presigned URL); POST /v1/asset-uploads/{id}/confirmations makes it an asset whose
+// `url` (or runflow://assets/{id}) any run input accepts.
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { callerOf } from '../../http/auth.ts';
 import { MAX_ASSET_BYTES, type AssetRecord } from '../../runs/assets.ts';
-import { assetUrl } from '../../runs/references.ts';
+import { assetUrl, uploadUrl } from '../../runs/references.ts';
 import type { SurfaceDeps } from '../surface.ts';
 import { errorResponses } from './schemas.ts';
 
@@ -47,27 +47,9 @@ export const assetRoutes: FastifyPluginAsyncZod<SurfaceDeps> = async (app, { run
     async (req, reply) => {
       const { filename, mime_type, size_bytes } = req.body;
       const asset = await runs.assets.create(callerOf(req).scope, { name: filename, mime_type, size_bytes });
-      return reply.code(201).send({ asset_id: asset.id, upload_url: `${baseUrl()}/v1/asset-uploads/${asset.id}/${asset.token}`, expires_at: null });
+      return reply.code(201).send({ asset_id: asset.id, upload_url: uploadUrl(baseUrl(), asset), expires_at: null });
     },
   );
-
-  // The upload: raw bytes of any content type, no API key (the token in the path is the authorisation).
-  app.register(async (upload) => {
-    upload.removeAllContentTypeParsers();
-    upload.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: MAX_ASSET_BYTES }, (_req, body, done) => done(null, body));
-    upload.put(
-      '/v1/asset-uploads/:id/:token',
-      {
-        config: { public: true },
-        schema: { summary: 'Upload the bytes of a reserved asset (no key: the URL is the authorisation)', tags: ['assets'], params: z.object({ id: z.string().max(64), token: z.string().regex(/^[0-9a-f]{32}$/) }) },
-      },
-      async (req, reply) => {
-        const { id, token } = req.params as { id: string; token: string };
-        await runs.assets.receive(id, token, Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0));
-        return reply.code(200).send({ id, received: true });
-      },
-    );
-  });
 
   app.post(
     '/v1/asset-uploads/:id/confirmations',
