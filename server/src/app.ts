@@ -13,6 +13,7 @@ import {
   validatorCompiler,
 } from 'fastify-type-provider-zod';
 import type { KeyRing } from './auth/keys.ts';
+import type { Ed25519Jwk } from './callbacks/signing.ts';
 import type { EngineStatusView } from './engine/engine.ts';
 import authPlugin from './http/auth.ts';
 import bodyGuard from './http/body-guard.ts';
@@ -55,6 +56,8 @@ export interface AppDeps {
   storage?: Pick<StorageHealth, 'snapshot'>;
   /** The whsec_ secret Standard Webhooks deliveries are signed with (served to Replicate's clients). */
   standardWebhooksSecret?: string;
+  /** The public keys fal webhook deliveries are signed with (served at /.well-known/jwks.json). */
+  falWebhookJwks?: { keys: Ed25519Jwk[] };
 }
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
@@ -105,7 +108,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const surface: SurfaceDeps = { runs: deps.runs, engine: deps.engine, baseUrl: deps.baseUrl, storage: deps.storage };
   await app.register(runflowSurface, surface);
   await app.register(openAiSurface, surface);
-  await app.register(falSurface, surface);
+  await app.register(falSurface, { ...surface, webhookJwks: deps.falWebhookJwks });
   await app.register(replicateSurface, { ...surface, standardWebhooksSecret: deps.standardWebhooksSecret });
   await app.register(bflSurface, surface);
 

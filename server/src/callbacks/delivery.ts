@@ -129,7 +129,7 @@ export class CallbackDeliverer {
         headers: {
           'content-type': 'application/json',
           'user-agent': 'kleinserve-callbacks/1',
-          ...signatureHeaders(this.opts.secret, { messageId: `${d.run_id}.${d.id}`, body: d.body, signing: d.signing }),
+          ...signatureHeaders(this.opts.secret, { messageId: `${d.run_id}.${d.id}`, runId: d.run_id, body: d.body, signing: d.signing }),
           'runflow-event': d.event,
           'runflow-delivery': String(d.id),
           'runflow-request-id': requestId,

@@ -10,7 +10,7 @@ import { hashKey, keyId, loadKeys, type KeyRing } from '../auth/keys.ts';
 import { DOCS_PATH } from '../http/docs-page.ts';
 import { metricsRequireKey } from '../http/metrics.ts';
 import { CallbackDeliverer } from '../callbacks/delivery.ts';
-import { standardWebhooksSecret } from '../callbacks/signing.ts';
+import { falWebhookJwks, standardWebhooksSecret } from '../callbacks/signing.ts';
 import { callbackSecret, type Config } from '../config.ts';
 import type { EngineStatusView } from '../engine/engine.ts';
 import { parseAllowlist, type FetchAllowlist } from '../images/index.ts';
@@ -181,6 +181,7 @@ export async function buildApiServer(cfg: Config, base: RoleBase, parts: ApiPart
     storage: base.storage,
     metricsRequireKey: metricsRequireKey(cfg.metricsRequireKey, cfg.host),
     standardWebhooksSecret: standardWebhooksSecret(callbackSecret(cfg)),
+    falWebhookJwks: falWebhookJwks(callbackSecret(cfg)),
   });
   return { app, runs };
 }

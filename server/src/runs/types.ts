@@ -81,8 +81,10 @@ export interface CallbackSpec {
 
 /** How a delivery is signed: a scheme the deliverer knows, and the caller's own secret where the scheme takes one. */
 export interface DeliverySigning {
-  scheme: 'hmac-server' | 'standard-webhooks' | 'hmac-caller';
+  scheme: 'hmac-server' | 'standard-webhooks' | 'hmac-caller' | 'fal';
   secret?: string;
+  /** fal: the user id the signature binds (the caller's key id, never the key). */
+  userId?: string;
   /** hmac-caller: the header the signature goes in. */
   header?: string;
 }

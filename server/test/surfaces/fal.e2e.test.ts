@@ -2,10 +2,11 @@
 // proxyUrl (fal's proxy protocol at /fal/proxy): subscribe, queue submit/status/result/cancel, the synchronous
 // run, a fal_webhook round trip, fal-shaped errors, the same runs read and canceled through Runflow's routes, and
 // the client's storage uploads (a Blob in the input, fal.storage.upload) with their upload URL's terms.
-import { createHmac } from 'node:crypto';
+import { createHash, createHmac, createPublicKey, verify } from 'node:crypto';
 import http from 'node:http';
 import { createFalClient, ApiError, ValidationError } from '@fal-ai/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hashKey, keyId } from '../../src/auth/keys.ts';
 import { callbackReceiver } from '../helpers/receivers.ts';
 import { dataUri, testImage } from '../helpers/images.ts';
 import { startServer, waitFor, type ServerHandle } from '../helpers/server.ts';
@@ -96,6 +97,29 @@ describe('fal through the official client and the proxy protocol', () => {
       expect(ok.body).toMatchObject({ request_id, gateway_request_id: request_id, status: 'OK' });
       expect(ok.body.payload.images[0].width).toBe(96);
       expect(ok.headers['runflow-signature']).toBe(createHmac('sha256', SECRET).update(ok.raw).digest('hex'));
+
+      // Verified as fal's docs say, with the JWKS fetched from this server instead of fal's.
+      const jwksRes = await fetch(`${server.url}/.well-known/jwks.json`);
+      expect(jwksRes.status).toBe(200);
+      const { keys } = (await jwksRes.json()) as { keys: { kty: string; crv: string; x: string; kid: string }[] };
+      expect(keys[0]).toMatchObject({ kty: 'OKP', crv: 'Ed25519', kid: expect.any(String) });
+      const doc = (await (await fetch(`${server.url}/openapi.json`)).json()) as any;
+      expect(doc.paths['/.well-known/jwks.json'].get.security).toEqual([]);
+      const h = ok.headers as Record<string, string>;
+      expect(h['x-fal-webhook-request-id']).toBe(request_id);
+      expect(h['x-fal-webhook-user-id']).toBe(keyId(hashKey(KEY)));
+      const verifyFal = (raw: string) => {
+        const timestamp = Number(h['x-fal-webhook-timestamp']);
+        if (!Number.isInteger(timestamp) || Math.abs(Date.now() / 1000 - timestamp) > 300) return false;
+        const digest = createHash('sha256').update(raw).digest('hex');
+        const message = Buffer.from([h['x-fal-webhook-request-id'], h['x-fal-webhook-user-id'], h['x-fal-webhook-timestamp'], digest].join('\n'));
+        const signature = Buffer.from(h['x-fal-webhook-signature'], 'hex');
+        return keys.some((jwk) => verify(null, message, createPublicKey({ key: { kty: jwk.kty, crv: jwk.crv, x: jwk.x }, format: 'jwk' }), signature));
+      };
+      expect(verifyFal(ok.raw)).toBe(true);
+      expect(verifyFal(ok.raw.replace('"OK"', '"ERROR"'))).toBe(false);
+      // Each attempt is signed afresh, so a retry's timestamp is its own.
+      expect(receiver.received[0].headers['x-fal-webhook-signature']).toMatch(/^[0-9a-f]{128}$/);
     } finally {
       await receiver.close();
     }

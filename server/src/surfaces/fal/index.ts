@@ -8,9 +8,13 @@
 //   proxy   ANY  /fal/proxy with x-fal-target-url: https://queue.fal.run/..., https://fal.run/... or
 //           https://rest.fal.ai/storage/upload/... (what the client sends with proxyUrl), answered by the routes
 //           above as if called directly.
+//   webhook keys  GET /.well-known/jwks.json (public)                   -> the key fal_webhook deliveries are signed
+//           with, where a receiver written for fal's docs points its verifier instead of fal's JWKS URL (jwks.ts)
 // Errors carry fal's `detail` (a list of {loc, msg, type} for a field, else a string) and the contract's fields.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { keyId } from '../../auth/keys.ts';
+import type { Ed25519Jwk } from '../../callbacks/signing.ts';
 import { ServiceError } from '../../errors.ts';
 import { callerOf } from '../../http/auth.ts';
 import { acceptEmptyJson } from '../../http/empty-json.ts';
@@ -20,6 +24,7 @@ import { MODEL_EDIT, MODEL_TEXT_TO_IMAGE } from '../../runs/inputs.ts';
 import { isTerminal, type RunRecord } from '../../runs/types.ts';
 import type { SurfaceDeps } from '../surface.ts';
 import { falField, SYNC_MODE_METADATA, toRunRequest } from './inputs.ts';
+import { falJwks } from './jwks.ts';
 import { falProxy } from './proxy.ts';
 import { falStorage } from './storage.ts';
 import { APP_ID, failureDetail, requestUrls, resultBody, statusBody } from './render.ts';
@@ -59,7 +64,7 @@ function falDetail(status: number, err: { code: string; message: string; errors:
   return { detail, ...err };
 }
 
-export async function falSurface(root: FastifyInstance, deps: SurfaceDeps): Promise<void> {
+export async function falSurface(root: FastifyInstance, deps: SurfaceDeps & { webhookJwks?: { keys: Ed25519Jwk[] } }): Promise<void> {
   const app = root.withTypeProvider<ZodTypeProvider>();
   const { runs } = deps;
   shapeErrors(app, { rename: falField, render: falDetail });
@@ -73,7 +78,9 @@ export async function falSurface(root: FastifyInstance, deps: SurfaceDeps): Prom
   const syncModeOf = (run: RunRecord) => run.metadata?.[SYNC_MODE_METADATA] === true;
 
   async function submit(req: FastifyRequest, model: string, input: FalInput, webhook: string | null): Promise<RunRecord> {
-    const { run } = await runs.submit(callerOf(req), toRunRequest(model, input, webhook), { idempotencyKey: idempotencyKeyHeader(req) });
+    const caller = callerOf(req);
+    const userId = caller.scope === 'anonymous' ? caller.scope : keyId(caller.scope);
+    const { run } = await runs.submit(caller, toRunRequest(model, input, webhook, userId), { idempotencyKey: idempotencyKeyHeader(req) });
     return run;
   }
 
@@ -175,4 +182,5 @@ export async function falSurface(root: FastifyInstance, deps: SurfaceDeps): Prom
 
   await falStorage(app, deps);
   await falProxy(app);
+  if (deps.webhookJwks) await falJwks(app, deps.webhookJwks);
 }

@@ -8,7 +8,8 @@ import type { FalInput } from './schemas.ts';
 /** Recorded in the run's metadata so the queue's result route knows to answer data URIs. */
 export const SYNC_MODE_METADATA = 'fal_sync_mode';
 
-export function toRunRequest(modelId: string, input: FalInput, webhook: string | null): RunRequest {
+/** `userId`: whom fal's webhook signature names (the caller's key id). */
+export function toRunRequest(modelId: string, input: FalInput, webhook: string | null, userId = 'anonymous'): RunRequest {
   const size =
     typeof input.image_size === 'string'
       ? IMAGE_SIZE_PRESETS[input.image_size]
@@ -30,7 +31,7 @@ export function toRunRequest(modelId: string, input: FalInput, webhook: string |
       ...(input.loras?.length ? { loras: input.loras } : {}),
     },
     callback_url: webhook,
-    ...(webhook ? { callback: { format: 'fal' } } : {}),
+    ...(webhook ? { callback: { format: 'fal', signing: { scheme: 'fal' as const, userId } } } : {}),
     metadata: input.sync_mode ? { [SYNC_MODE_METADATA]: true } : null,
     client_ref: null,
   };

@@ -118,3 +118,18 @@ export const FalUploadTargetSchema = z
 
 /** fal's error body in OpenAPI: FastAPI's, since fal serves on FastAPI. */
 export const FAL_ERROR_JSON_SCHEMA = FASTAPI_ERROR_JSON_SCHEMA;
+
+export const JwksSchema = z
+  .object({
+    keys: z.array(
+      z.object({
+        kty: z.literal('OKP'),
+        crv: z.literal('Ed25519'),
+        x: z.string().describe('the public key, base64url'),
+        kid: z.string().describe('RFC 7638 thumbprint of the key'),
+        alg: z.literal('EdDSA'),
+        use: z.literal('sig'),
+      }),
+    ),
+  })
+  .meta({ id: 'Jwks' });
