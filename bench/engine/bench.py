@@ -236,7 +236,7 @@ def fp8_relative_error(transformer, engine_bf16: Engine, size, device):
     """Relative error of the fp8 denoiser output against bf16 at each step of case (a), on one trajectory."""
     from kleinserve_engine import latents as L
     from kleinserve_engine.fastpath import quantize_fp8
-    from kleinserve_engine.sampling import euler, sigmas, timestep
+    from kleinserve_engine.sampling import euler, seeded_noise, sigmas, timestep
 
     q = copy.deepcopy(transformer)
     quantize_fp8(q)
@@ -247,7 +247,7 @@ def fp8_relative_error(transformer, engine_bf16: Engine, size, device):
         text = text["fp8 check"]
         ref, _ = engine_bf16.reference_latents([Reference(references(1, size)[0], "fp8-ref")])
         refs = L.pack(ref[0])
-        x = L.pack(engine_bf16.noise(0, h, w)).to(device)
+        x = L.pack(seeded_noise([0], h, w, m.dtype)).to(device)
         ids = torch.cat([L.output_ids(h, w), L.reference_ids([(h, w)])]).to(device)
         tids = L.text_ids(512).to(device)
         sig = sigmas(m.scheduler_config, 4, h * w).to(device)

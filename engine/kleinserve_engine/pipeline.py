@@ -193,9 +193,6 @@ class Engine:
             out.append(lat)
         return out, state
 
-    def noise(self, seed: int, h: int, w: int) -> torch.Tensor:
-        return seeded_noise([seed], h, w, self.model.dtype)
-
     def job_noise(self, job: Job) -> torch.Tensor:
         """The job's noise; on CUDA in pinned memory, so its upload does not block. Safe on any thread: the server
         draws it while it prepares the request."""

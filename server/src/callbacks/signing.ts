@@ -44,11 +44,11 @@ export function falWebhookKey(serverSecret: string): { privateKey: KeyObject; jw
 }
 
 /** What GET /.well-known/jwks.json serves: the public half only. */
-export const falWebhookJwks = (serverSecret: string): { keys: Ed25519Jwk[] } => ({ keys: [falWebhookKey(serverSecret).jwk] });
+export const falWebhookJwks = (serverSecret: string): { keys: Ed25519Jwk[] } => ({ keys: [cachedFalKey(serverSecret).jwk] });
 
-let falKeyCache: { secret: string; key: KeyObject } | undefined;
-function falSigningKey(serverSecret: string): KeyObject {
-  if (falKeyCache?.secret !== serverSecret) falKeyCache = { secret: serverSecret, key: falWebhookKey(serverSecret).privateKey };
+let falKeyCache: { secret: string; key: ReturnType<typeof falWebhookKey> } | undefined;
+function cachedFalKey(serverSecret: string): ReturnType<typeof falWebhookKey> {
+  if (falKeyCache?.secret !== serverSecret) falKeyCache = { secret: serverSecret, key: falWebhookKey(serverSecret) };
   return falKeyCache.key;
 }
 
@@ -75,7 +75,7 @@ export function signatureHeaders(serverSecret: string, d: SignedDelivery, now = 
       const timestamp = String(Math.floor(now / 1000));
       const userId = spec.userId ?? 'anonymous';
       const digest = createHash('sha256').update(d.body).digest('hex');
-      const signature = signBytes(null, Buffer.from(`${d.runId}\n${userId}\n${timestamp}\n${digest}`), falSigningKey(serverSecret));
+      const signature = signBytes(null, Buffer.from(`${d.runId}\n${userId}\n${timestamp}\n${digest}`), cachedFalKey(serverSecret).privateKey);
       return {
         'x-fal-webhook-request-id': d.runId,
         'x-fal-webhook-user-id': userId,

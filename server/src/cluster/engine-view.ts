@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events';
 import type { EngineState, EngineStatus, EngineStatusView } from '../engine/engine.ts';
 import type { ClusterMetrics } from './metrics.ts';
-import type { RegionMonitor } from './region-monitor.ts';
+import { hasLiveWorkers, type RegionMonitor } from './region-monitor.ts';
 import { KLEIN_MODELS } from '../models/registry.ts';
 
 export class ClusterEngineView extends EventEmitter implements EngineStatusView {
@@ -17,7 +17,7 @@ export class ClusterEngineView extends EventEmitter implements EngineStatusView 
   }
 
   get state(): EngineState {
-    return [...this.monitor.states.values()].some((s) => s.reachable && s.workers > 0) ? 'ready' : 'starting';
+    return [...this.monitor.states.values()].some(hasLiveWorkers) ? 'ready' : 'starting';
   }
 
   get limits() {

@@ -5,7 +5,7 @@
 // within a global bound until the sweeper can place it.
 import { ServiceError } from '../errors.ts';
 import { DEFAULT_MODEL } from '../models/registry.ts';
-import { forModel, type RegionState } from './region-monitor.ts';
+import { forModel, hasLiveWorkers, type RegionState } from './region-monitor.ts';
 
 /** Regions as one model's runs see them (states without per-model detail count for every model). */
 export function statesFor(states: RegionState[], model: string): RegionState[] {
@@ -30,7 +30,7 @@ export function chooseRegion(states: RegionState[], extra: Map<string, number>, 
   const healthy = states.filter((s) => s.healthy);
   const best = pick(healthy, extra, opts);
   if (best || !degraded) return best;
-  return pick(states.filter((s) => s.reachable && s.workers > 0), extra, opts);
+  return pick(states.filter(hasLiveWorkers), extra, opts);
 }
 
 function pick(healthy: RegionState[], extra: Map<string, number>, opts: PlacementOptions): string | null {
@@ -84,7 +84,7 @@ export class Placement {
       extra.set(region, (extra.get(region) ?? 0) + 1);
       this.unfinished++;
     } else if (this.opts.backpressure !== 'queue' || this.unfinished >= this.opts.globalQueueLimit) {
-      const served = states.some((s) => s.reachable && s.workers > 0);
+      const served = states.some(hasLiveWorkers);
       const why = served ? `every region serving ${model} is at its queue limit or unavailable` : `no live worker serves ${model} in any region`;
       throw new ServiceError('rate_limited', 'RATE_LIMITED', `${why}; retry later`, [], this.opts.retryAfterSeconds);
     } else {

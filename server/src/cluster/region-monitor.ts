@@ -49,6 +49,9 @@ export interface Region {
   queues: ReadonlyMap<string, Queue<RunJobData>>;
 }
 
+/** A region that can run work now: reachable, with at least one live worker (healthy or only slow). */
+export const hasLiveWorkers = (s: RegionState): boolean => s.reachable && s.workers > 0;
+
 /** A region seen by one model's runs: its workers, slots, queue and health are that model's. */
 export function forModel(s: RegionState, model: string): RegionState {
   const m = s.models?.[model];

@@ -14,7 +14,7 @@ import type { PostgresStore } from '../runs/postgres-store.ts';
 import type { ClusterMetrics } from './metrics.ts';
 import { KLEIN_MODELS, runModelIds } from '../models/registry.ts';
 import { chooseRegion, statesFor, type Placement, type PlacementOptions } from './placement.ts';
-import type { RegionMonitor, RegionState } from './region-monitor.ts';
+import { hasLiveWorkers, type RegionMonitor, type RegionState } from './region-monitor.ts';
 import { withTimeout } from './redis.ts';
 
 export interface SweeperOptions {
@@ -111,7 +111,7 @@ export class Sweeper {
   private async giveUp(model: string, states: RegionState[]): Promise<void> {
     const wait = this.opts.unservedWaitMs;
     const now = Date.now();
-    if (states.some((s) => s.reachable && s.workers > 0)) {
+    if (states.some(hasLiveWorkers)) {
       this.servedAt.set(model, now);
       return;
     }

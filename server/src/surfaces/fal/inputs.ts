@@ -9,7 +9,7 @@ import type { FalInput } from './schemas.ts';
 export const SYNC_MODE_METADATA = 'fal_sync_mode';
 
 /** `userId`: whom fal's webhook signature names (the caller's key id). */
-export function toRunRequest(modelId: string, input: FalInput, webhook: string | null, userId = 'anonymous'): RunRequest {
+export function toRunRequest(modelId: string, input: FalInput, webhook: string | null, userId: string): RunRequest {
   const size =
     typeof input.image_size === 'string'
       ? IMAGE_SIZE_PRESETS[input.image_size]
