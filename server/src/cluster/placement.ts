@@ -59,16 +59,22 @@ export class Placement {
    * within one sweep interval.
    */
   unfinished = 0;
+  /** Runs this replica has admitted (placed or parked) since it started; only ever grows. */
+  admitted = 0;
 
   constructor(
     private readonly states: () => RegionState[],
     private readonly opts: PlacementOptions,
   ) {}
 
-  /** Called with fresh states: placements they already count are forgotten. */
-  refreshed(unfinished: number): void {
+  /**
+   * Called with fresh states: placements they already count are forgotten. `admittedBefore` is `admitted` as it
+   * was when the sweep began reading: runs admitted while its count was in flight may be missing from it, so
+   * they are added back (counted twice at worst, which errs toward refusing, never past the bound).
+   */
+  refreshed(unfinished: number, admittedBefore = this.admitted): void {
     this.extra = new Map();
-    this.unfinished = unfinished;
+    this.unfinished = unfinished + (this.admitted - admittedBefore);
   }
 
   /**
@@ -83,12 +89,14 @@ export class Placement {
     if (region) {
       extra.set(region, (extra.get(region) ?? 0) + 1);
       this.unfinished++;
+      this.admitted++;
     } else if (this.opts.backpressure !== 'queue' || this.unfinished >= this.opts.globalQueueLimit) {
       const served = states.some(hasLiveWorkers);
       const why = served ? `every region serving ${model} is at its queue limit or unavailable` : `no live worker serves ${model} in any region`;
       throw new ServiceError('rate_limited', 'RATE_LIMITED', `${why}; retry later`, [], this.opts.retryAfterSeconds);
     } else {
       this.unfinished++;
+      this.admitted++;
     }
     return region;
   }

@@ -67,8 +67,9 @@ export class Sweeper {
     if (this.running) return;
     this.running = true;
     try {
+      const admittedBefore = this.placement.admitted;
       const all = await this.monitor.refresh();
-      this.placement.refreshed(await this.store.countUnfinished());
+      this.placement.refreshed(await this.store.countUnfinished(), admittedBefore);
       // Each model on its own: its runs move only between regions whose workers serve it, into its queue.
       for (const model of KLEIN_MODELS.map((m) => m.id)) {
         const states = statesFor(all, model);

@@ -54,6 +54,16 @@ describe('Placement backpressure', () => {
     expect(p.place()).toBeNull();
     expect(() => p.place()).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' }));
   });
+
+  it('a run admitted while the sweep counts is not forgotten when the count comes back without it', () => {
+    const p = new Placement(() => full, { ...opts, backpressure: 'queue' });
+    p.refreshed(4);
+    const before = p.admitted; // the sweep starts reading
+    expect(p.place()).toBeNull(); // admitted meanwhile; the count below was taken before its insert
+    p.refreshed(4, before);
+    expect(p.unfinished).toBe(5);
+    expect(() => p.place()).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' }));
+  });
 });
 
 describe('RegionAdmission', () => {
