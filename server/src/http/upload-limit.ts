@@ -1,9 +1,39 @@
 // The body limit for requests a route reads as a stream (multipart uploads, raw uploads whose bound depends on
 // where they go), which Fastify's own bodyLimit does not cover: refused at once when the declared length is
-// over the limit, or as soon as the bytes received cross it. Reading then stops, so the server holds at most
+// over the limit, or as soon as the bytes received cross it. Nothing more is kept, so the server holds at most
 // the limit, never the whole upload.
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { ServiceError } from '../errors.ts';
+
+/** How long, and how many more bytes, a refused upload is read and thrown away before its connection is cut. */
+export const LINGER_MS = 2000;
+export const LINGER_BYTES = 32 * 1024 * 1024;
+
+/**
+ * A lingering close, as nginx does it, for a body answered before it was read: once the answer is out, the rest
+ * of the body is read and discarded for a bounded time and size, then the connection is cut. Closing at once
+ * would reset a client that is still sending, and many clients (Node's among them) drop an answer they have
+ * not yet read when a write fails; draining without a bound would let one client hold a connection forever.
+ */
+export function lingerAfterAnswer(raw: IncomingMessage, res: ServerResponse): void {
+  res.once('finish', () => {
+    if (raw.complete) return;
+    const socket = raw.socket;
+    const cut = () => socket.destroy();
+    const timer = setTimeout(cut, LINGER_MS);
+    let drained = 0;
+    raw.removeAllListeners('data');
+    raw.on('data', (chunk: Buffer) => {
+      drained += chunk.length;
+      if (drained > LINGER_BYTES) cut();
+    });
+    // Read whole after all: the connection stays as usable as any other (keep-alive).
+    raw.once('end', () => clearTimeout(timer));
+    socket.once('close', () => clearTimeout(timer));
+    raw.resume();
+  });
+}
 
 export interface UploadLimit {
   /** Rejects with a 413 ServiceError once the body crosses the limit; never resolves. */
@@ -28,8 +58,7 @@ export function limitUpload(
   const exceeded = new Promise<never>((_, r) => (reject = r));
   exceeded.catch(() => {}); // raced by the caller; this keeps an unraced refusal from being unhandled
   const tooLarge = (what: string) => {
-    // The rest of the upload is not read: close the connection after the answer instead of draining it.
-    reply.header('connection', 'close');
+    lingerAfterAnswer(raw, reply.raw);
     const message = `request body ${what} the ${maxBytes}-byte limit`;
     return new ServiceError('payload_too_large', 'PAYLOAD_TOO_LARGE', message, field ? [{ field, reason: message }] : []);
   };
@@ -41,7 +70,7 @@ export function limitUpload(
     received += chunk.length;
     if (received <= maxBytes) return;
     raw.off('data', onData);
-    // Starve the parser and stop reading from the socket: nothing more is buffered for this request.
+    // Starve the parser and stop reading until the answer is out: nothing more is buffered for this request.
     raw.unpipe();
     raw.pause();
     reject(tooLarge('crossed'));
@@ -59,13 +88,17 @@ export function readBodyWithin(req: FastifyRequest, reply: FastifyReply, maxByte
   if (raw.readableEnded) return Promise.resolve(Buffer.alloc(0));
   const limit = limitUpload(req, reply, maxBytes, field);
   const chunks: Buffer[] = [];
+  const keep = (chunk: Buffer) => chunks.push(chunk);
   const body = new Promise<Buffer>((resolve, reject) => {
-    raw.on('data', (chunk: Buffer) => chunks.push(chunk));
+    raw.on('data', keep);
     raw.once('end', () => resolve(Buffer.concat(chunks)));
     raw.once('error', reject);
     raw.once('close', () => {
       if (!raw.readableEnded) reject(new ServiceError('bad_request', 'UPLOAD_INTERRUPTED', 'the connection closed before the whole body arrived'));
     });
   });
-  return Promise.race([body, limit.exceeded]).finally(limit.stop);
+  return Promise.race([body, limit.exceeded]).finally(() => {
+    limit.stop();
+    raw.off('data', keep);
+  });
 }

@@ -5,7 +5,7 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { RunService } from '../runs/service.ts';
-import { readBodyWithin } from './upload-limit.ts';
+import { lingerAfterAnswer, readBodyWithin } from './upload-limit.ts';
 
 const UploadParams = z.object({ id: z.string().max(64), token: z.string().regex(/^[0-9a-f]{32}$/) });
 
@@ -22,8 +22,8 @@ const uploadRoutes: FastifyPluginAsyncZod<{ runs: RunService }> = async (app, { 
     async (req, reply) => {
       const { id, token } = req.params;
       const target = await runs.assets.uploadTarget(id, token).catch((err) => {
-        // Refused unread: close after the answer rather than drain a body nobody wants.
-        if (req.headers['content-length'] !== '0') reply.header('connection', 'close');
+        // Refused unread: a body nobody wants is drained only briefly after the answer.
+        lingerAfterAnswer(req.raw, reply.raw);
         throw err;
       });
       const bytes = await readBodyWithin(req, reply, target.size_bytes, 'body');

@@ -248,6 +248,77 @@ describe('multipart uploads', () => {
     expect(res.ms).toBeLessThan(3000);
   });
 
+  /**
+   * A chunked multipart upload over a raw socket that crosses the limit, then waits for the answer and hands the
+   * socket to `after`; resolves with the answer's head and what `after` returns.
+   */
+  async function overLimitThen<T>(after: (s: net.Socket, answeredAt: number) => Promise<T>): Promise<{ head: string; result: T }> {
+    const { port } = new URL(server.url);
+    const s = net.connect(Number(port), '127.0.0.1');
+    await new Promise((r) => s.once('connect', r));
+    s.on('error', () => {});
+    const boundary = 'kleinserveLingerBoundary';
+    s.write(
+      `POST /v1/images/edits HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${KEY}\r\n` +
+        `Content-Type: multipart/form-data; boundary=${boundary}\r\nTransfer-Encoding: chunked\r\n\r\n`,
+    );
+    const part = `--${boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n`;
+    s.write(`${Buffer.byteLength(part).toString(16)}\r\n${part}\r\n`);
+    let received = '';
+    const answered = new Promise<string>((resolve) => {
+      const onData = (d: Buffer) => {
+        received += d;
+        const head = received.split('\r\n\r\n')[0];
+        const len = Number(/content-length: (\d+)/i.exec(head)?.[1] ?? NaN);
+        if (received.includes('\r\n\r\n') && Buffer.byteLength(received) >= Buffer.byteLength(head) + 4 + len) {
+          s.off('data', onData);
+          resolve(head);
+        }
+      };
+      s.on('data', onData);
+    });
+    const chunk = Buffer.alloc(MiB, 0x5a);
+    const framed = Buffer.concat([Buffer.from(`${chunk.length.toString(16)}\r\n`), chunk, Buffer.from('\r\n')]);
+    let head: string | undefined;
+    void answered.then((h) => (head = h));
+    for (let sent = 0; !head && sent < 3 * BODY_LIMIT; sent += chunk.length) {
+      if (!s.write(framed)) await Promise.race([new Promise((r) => s.once('drain', r)), answered]);
+    }
+    head = await answered;
+    return { head, result: await after(s, Date.now()) };
+  }
+
+  it('a refused upload is drained briefly after its answer, so a client still sending reads it and can go on', async () => {
+    // The client finishes its body after the 413: the server reads it (lingering close) instead of resetting
+    // the connection under a client that is still writing, and the same connection then serves a request.
+    const { head, result } = await overLimitThen(async (s) => {
+      await new Promise<void>((resolve) => s.write(`${(256 * 1024).toString(16)}\r\n${'z'.repeat(256 * 1024)}\r\n0\r\n\r\n`, () => resolve()));
+      let out = '';
+      s.on('data', (d) => (out += d));
+      s.write('GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n');
+      await waitFor(async () => /^HTTP\/1\.1 200/.test(out) || s.destroyed, 5000, 'an answer on the same connection');
+      s.destroy();
+      return out;
+    });
+    expect(head).toMatch(/^HTTP\/1\.1 413/);
+    expect(result).toMatch(/^HTTP\/1\.1 200/);
+  }, 60_000);
+
+  it('a client that goes on sending after its 413 is cut off within the lingering bound', async () => {
+    const { head, result: cutAfterMs } = await overLimitThen(async (s, answeredAt) => {
+      const chunk = Buffer.alloc(64 * 1024, 0x5a);
+      const framed = Buffer.concat([Buffer.from(`${chunk.length.toString(16)}\r\n`), chunk, Buffer.from('\r\n')]);
+      // Slowly, so the size bound is not what ends it: only the time bound can.
+      const drip = setInterval(() => s.writable && s.write(framed), 50);
+      await new Promise((r) => s.once('close', r));
+      clearInterval(drip);
+      return Date.now() - answeredAt;
+    });
+    expect(head).toMatch(/^HTTP\/1\.1 413/);
+    expect(cutAfterMs).toBeLessThan(2000 + 1500);
+    await alive();
+  }, 60_000);
+
   it('a normal upload still works afterwards', async () => {
     const form = new FormData();
     form.append('prompt', 'edit');
