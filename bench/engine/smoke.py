@@ -87,6 +87,66 @@ def critical_path_checks(engine, job, run, device, check) -> None:
         check("noise drawn ahead", False, f"{type(exc).__name__}: {exc}")
 
 
+def host_sync_check(engine, job, run, device, check, lora_dir: Path) -> None:
+    """Counts the host waits a batch costs the inference thread, by the line that causes each (torch's sync debug
+    mode): a batch with prompts to encode, references to encode and per-row LoRAs should wait once, for the decoded
+    pixels. Any other line is a stall to remove; the check lists them for the next session. Off CUDA the same
+    batch runs without the count, so the dry run still exercises it."""
+    import contextlib
+    import traceback
+    import warnings
+
+    from kleinserve_engine.lora.spec import LoraSpec
+    from lora_bench import write_adapter
+
+    sites: dict[str, int] = {}
+    here = threading.current_thread()
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message) or threading.current_thread() is not here:
+            return
+        frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
+        ours = [f for f in frames if any(lib in f.filename for lib in ("kleinserve_engine", "diffusers", "transformers"))]
+        f = (ours or frames)[-1]
+        key = f"{Path(f.filename).name}:{f.lineno} {f.line}"
+        sites[key] = sites.get(key, 0) + 1
+
+    @contextlib.contextmanager
+    def counting():
+        if device.type != "cuda":
+            yield
+            return
+        saved = warnings.showwarning
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+                warnings.showwarning = saved
+
+    name = "host syncs per batch (prompts, references, per-row LoRA): only the decoded pixels' copy"
+    try:
+        path = lora_dir / "smoke-lora.safetensors"
+        write_adapter(engine.model.transformer, 4, 0, path, torch.float32)
+        adapter = engine.adapters.adapter(LoraSpec(str(path), None, 1.0), 0)
+        engine.prompt_cache.clear()
+        engine.ref_cache.clear()
+        jobs = [job(seeds=(21,), prompt="sync a"), job(seeds=(22,), prompt="sync b")]
+        jobs[0].loras = [(adapter, 0.8)]
+        with counting():
+            run(engine, jobs)
+        if device.type != "cuda":
+            check(name, True, "the batch ran; the count needs CUDA (torch's sync debug mode)")
+            return
+        waits = sum(sites.values())
+        check(name, waits <= 1, f"{waits} sync(s): " + "; ".join(f"{n}x {k}" for k, n in sites.items()))
+    except Exception as exc:
+        check(name, False, f"{type(exc).__name__}: {exc}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--device", default="cuda")
@@ -151,6 +211,7 @@ def main(argv=None) -> int:
         check("eager", False, f"{type(exc).__name__}: {exc}")
         return 1
     critical_path_checks(eager, job, run, device, check)
+    host_sync_check(eager, job, run, device, check, Path(tempfile.mkdtemp()))
 
     for scope in ("blocks",):  # the whole-model compile is stage 2's ablation row; the smoke stays near a minute
         try:

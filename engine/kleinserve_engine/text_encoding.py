@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .uploads import upload
+
 MAX_TOKENS = 512
 
 
@@ -32,7 +34,7 @@ def encode_prompts(text_encoder, tokenizer, prompts: list[str], layers: tuple[in
     ids, mask = tokenize(tokenizer, prompts)
     with torch.inference_mode():
         out = text_encoder(
-            input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False
+            input_ids=upload(ids, device), attention_mask=upload(mask, device), output_hidden_states=True, use_cache=False
         )
         hidden = torch.cat([out.hidden_states[k] for k in layers], dim=-1)
     return hidden.to(dtype)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..fused_qkv import fused_parts
+from ..uploads import upload
 from .adapter import Adapter
 from .formats import Delta
 
@@ -69,7 +70,7 @@ class _Plan:
                 w.down_call, w.up_call = w.down_t, w.up_t
                 continue
             if idx is None:
-                idx = torch.tensor(rows, dtype=torch.long, device=w.down_t.device)
+                idx = upload(torch.tensor(rows, dtype=torch.long), w.down_t.device)
             # e.g. classifier-free guidance appends unconditional rows: each uses its request's adapters
             w.down_call, w.up_call = w.down_t.index_select(0, idx), w.up_t.index_select(0, idx)
 
@@ -203,7 +204,7 @@ class RowLora:
                     down_s[i, :, : d.shape[0]] = d.t()
                     up_s[i, : d.shape[0]] = u.t()
             if slot_t is None:
-                slot_t = torch.tensor(slot, dtype=torch.long, device=like.device)
+                slot_t = upload(torch.tensor(slot, dtype=torch.long), like.device)
             weights[name] = _Weights(down_s.index_select(0, slot_t), up_s.index_select(0, slot_t), per_row=True)
         return _Plan(weights, len(rows))
 

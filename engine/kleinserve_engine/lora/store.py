@@ -13,6 +13,7 @@ import time
 import torch
 
 from ..caches import ByteLRU
+from ..uploads import upload
 from .adapter import Adapter, AdapterLimits, linear_shapes, parse, read
 from .formats import Delta, Resolver
 from .spec import InvalidLora, LoraOptions, LoraSpec
@@ -113,10 +114,11 @@ class AdapterStore:
         t0 = time.perf_counter()
         moved, copies = {}, {}
         for name, d in adapter.modules.items():
-            down = copies.setdefault(id(d.down), d.down.to(self.device, non_blocking=True))
-            moved[name] = Delta(down=down, up=d.up.to(self.device, non_blocking=True), scale=d.scale)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the host copies must stay alive until the transfer is done
+            # queued like a kernel, so a cache miss never makes the inference thread wait for the batch before
+            down = copies.get(id(d.down))
+            if down is None:
+                down = copies[id(d.down)] = upload(d.down, self.device)
+            moved[name] = Delta(down=down, up=upload(d.up, self.device), scale=d.scale)
         self.dev.put(adapter.sha256, moved, adapter.nbytes)
         self.metrics.load_seconds.labels("device").observe(time.perf_counter() - t0)
         self._observe()
