@@ -3,7 +3,8 @@
 There is no batching window. A request is handed to the inference thread the moment it is ready; if the thread is
 idle it starts at once, alone. Requests that arrive while the thread is busy wait in this queue anyway, and when
 the thread comes back for work it takes the oldest one together with the later ones of the same batch key
-(output size, steps, reference shapes), up to the batch limit of that output size.
+(output size, steps, reference shapes), up to the batch limit of that output size. The limit counts the rows the
+transformer runs, not requests: an image is one row, a guided image two (its unconditional pass rides along).
 
 The limit per size is the batching rule (`--batch-rule`): batching only pays where one request leaves the GPU
 underused, which is at small outputs; at 1024² one image already saturates an H100, a batch of two takes about
@@ -24,7 +25,7 @@ DEFAULT_BATCH_RULE = "512x512:4,1024x1024:1"
 
 @dataclass(frozen=True)
 class BatchRule:
-    limits: tuple[tuple[int, int], ...]  # (max output pixels, max images per batch), ascending by pixels
+    limits: tuple[tuple[int, int], ...]  # (max output pixels, max transformer rows per batch), ascending by pixels
     max_batch: int = 4
 
     @classmethod
@@ -100,16 +101,16 @@ class BatchQueue:
             if self._closed:
                 return None
             first = self._jobs.popleft()
-            batch, images = [first], first.num_images
+            batch, rows = [first], first.denoise_rows
             limit = self.rule.limit_for(first)
             if limit > 1:
                 key = first.batch_key()
                 for other in list(self._jobs):
-                    if images >= limit:
+                    if rows >= limit:
                         break
                     if (other.batch_key() == key and self.rule.limit_for(other) > 1
-                            and images + other.num_images <= limit):
+                            and rows + other.denoise_rows <= limit):
                         self._jobs.remove(other)
                         batch.append(other)
-                        images += other.num_images
+                        rows += other.denoise_rows
             return batch

@@ -33,9 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "fp32", "bf16"],
                    help="auto: bfloat16 on CUDA, float32 on CPU")
-    s.add_argument("--max-batch", type=int, default=4, help="most images denoised together (caps --batch-rule)")
+    s.add_argument("--max-batch", type=int, default=4, help="most transformer rows denoised together, a guided image counting two (caps --batch-rule)")
     s.add_argument("--batch-rule", default=DEFAULT_BATCH_RULE,
-                   help="largest batch per output size, WxH:N,... (an output gets the N of the smallest listed size that "
+                   help="largest batch per output size in transformer rows, WxH:N,... (an output gets the N of the smallest listed size that "
                         "holds it, 1 above all); requests batch only when they queued while the GPU was busy; 'none': never")
     s.add_argument("--prompt-cache-mb", type=float, default=256)
     s.add_argument("--ref-cache-mb", type=float, default=512)

@@ -74,6 +74,12 @@ class Job:
     def num_images(self) -> int:
         return len(self.seeds)
 
+    @property
+    def denoise_rows(self) -> int:
+        # request checks (guidance.request_guidance) let a scale above 1 through only where guidance runs, and a
+        # guided image's unconditional pass is a second transformer row
+        return self.num_images * (2 if self.guidance > 1 else 1)
+
 
 @dataclass
 class JobResult:

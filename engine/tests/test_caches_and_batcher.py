@@ -21,8 +21,9 @@ def test_lru_evicts_least_recent_by_bytes():
 
 
 class FakeJob:
-    def __init__(self, key="A", n=1, w=512, h=512, deterministic=False):
+    def __init__(self, key="A", n=1, w=512, h=512, deterministic=False, guided=False):
         self.key, self.num_images, self.width, self.height, self.deterministic = key, n, w, h, deterministic
+        self.denoise_rows = n * (2 if guided else 1)
 
     def batch_key(self):
         return (self.key, self.width, self.height)
@@ -86,6 +87,24 @@ def test_multi_image_requests_count_images_not_requests():
     for j in (a, b, c):
         q.put(j)
     assert q.take() == [a, c] and q.take() == [b]
+
+
+def test_guided_images_count_two_rows_each():
+    q = BatchQueue(BatchRule.parse("512x512:4"))
+    a, b, c, d = FakeJob(guided=True), FakeJob(guided=True), FakeJob(guided=True), FakeJob()
+    for j in (a, b, c, d):
+        q.put(j)
+    assert q.take() == [a, b]  # four rows: the limit
+    assert q.take() == [c, d]  # three rows
+
+
+def test_job_rows_follow_its_guidance():
+    from kleinserve_engine.pipeline import Job
+
+    def job(seeds, guidance):
+        return Job(prompt="p", refs=[], seeds=seeds, width=64, height=64, guidance=guidance)
+
+    assert (job([1, 2], 1.0).denoise_rows, job([1, 2], 4.0).denoise_rows, job([1], 1.5).denoise_rows) == (2, 4, 2)
 
 
 def test_a_deterministic_request_never_shares_a_batch():
