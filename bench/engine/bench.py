@@ -161,8 +161,9 @@ def references(n, size):
     return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def time_engine(engine: Engine, case, runs, warmup, device, batched=True, deterministic=False):
-    """p50/p90 of one batch of `concurrent` requests; first_call_s is the first run alone (compile included)."""
+def time_engine(engine: Engine, case, runs, warmup, device, batched=True, deterministic=False, last_pixels=None):
+    """p50/p90 of one batch of `concurrent` requests; first_call_s is the first run alone (compile included).
+    `last_pixels`, a list: the last run's first image is appended (every call's k-th run has the same inputs)."""
     refs = references(case["refs"], case["size"])
     counter = [0]
 
@@ -203,6 +204,8 @@ def time_engine(engine: Engine, case, runs, warmup, device, batched=True, determ
     out = {"p50_s": percentile(totals, 50), "p90_s": percentile(totals, 90), "runs": runs, "first_call_s": first,
            "graphs_compiled_warming": graphs_warm - graphs0, "graphs_compiled_timed": compiled_graphs() - graphs_warm,
            "stage_p50_ms": {k: percentile(v, 50) for k, v in stages.items()}}
+    if last_pixels is not None:
+        last_pixels.append(res[0].pixels[0])
     if device.type == "cuda":
         out["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
@@ -377,14 +380,16 @@ def markdown(r) -> str:
     if r.get("ablation"):
         lines += ["", "What each fast-path step buys, case (a) (compile ≈ first call − p50):", "",
                   "| configuration | p50 (s) | p90 (s) | stage p50 ms (text / vae enc / denoise / decode / img enc) | first call (s) | "
-                  "graphs compiled |", "|---|---|---|---|---|---|"]
+                  "graphs compiled | output vs first row, mean / max of 255 |", "|---|---|---|---|---|---|---|"]
         for row in r["ablation"]:
             if "error" in row:
-                lines.append(f"| {row['step']} | failed: {row['error'][:300]} | | | | |")
+                lines.append(f"| {row['step']} | failed: {row['error'][:300]} | | | | | |")
                 continue
             stages = " / ".join(f"{row['stage_p50_ms'].get(s, 0):.1f}" for s in STAGE_KEYS)
+            vs = row.get("vs_first_row")
+            vs = f"{vs['mean_abs_diff']:.2f} / {vs['max_abs_diff']}" if vs else "—"
             lines.append(f"| {row['step']} | {row['p50_s']:.3f} | {row['p90_s']:.3f} | {stages} | "
-                         f"{row['first_call_s']:.2f} | {row['graphs_compiled_warming']} (+{row['graphs_compiled_timed']} while timed) |")
+                         f"{row['first_call_s']:.2f} | {row['graphs_compiled_warming']} (+{row['graphs_compiled_timed']} while timed) | {vs} |")
     if r.get("batch_sweep"):
         lines += ["", "Per-image time by batch size (1-reference edit; the batching rule comes from this):", "",
                   "| size | batch | batch p50 (s) | per image (s) | vs batch 1 |", "|---|---|---|---|---|"]
@@ -471,6 +476,10 @@ def ablation(report, model, case, args, device, which="fastpath"):
         ("whole-model compile (static shapes) instead", dict(compile=True, compile_scope="model", channels_last=True, sdpa_priority=True)),
     ]
     rows = report.data.setdefault("ablation", [])
+    # Each row's last image against the first row's, same inputs: a piece that pays by corrupting the output (a
+    # CUDA graph replaying over a buffer still in use, say) shows as a large mean difference, where compilation's
+    # rounding stays near zero even when random weights amplify it into a larger maximum.
+    reference: list = []
     for name, kw in steps:
         if kw["compile"] and device.type != "cuda" and args.compile is not True:
             continue  # inductor on CPU costs minutes; ask for it with --compile
@@ -479,10 +488,15 @@ def ablation(report, model, case, args, device, which="fastpath"):
         row = {"step": name}
         rows.append(row)
 
-        def measure(kw=kw):
+        def measure(kw=kw, row=row):
             opts = FastPathOptions.for_device("cpu", compile_backend=args.compile_backend, **kw)
-            res = time_engine(engine_for(model, opts), case, args.runs, args.warmup, device)
+            pixels: list = []
+            res = time_engine(engine_for(model, opts), case, args.runs, args.warmup, device, last_pixels=pixels)
             row.update(res)
+            if not reference:
+                reference.extend(pixels)
+            diff = np.abs(pixels[0].astype(np.int16) - reference[0].astype(np.int16))
+            row["vs_first_row"] = {"mean_abs_diff": float(diff.mean()), "max_abs_diff": int(diff.max())}
             print(f"ablation {name}: {res['p50_s']:.3f}s (first call {res['first_call_s']:.2f}s)", file=sys.stderr)
 
         guarded(report, row, f"ablation {name}", measure)
