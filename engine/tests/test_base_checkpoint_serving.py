@@ -14,8 +14,9 @@ from kleinserve_engine.client import EngineClient
 @pytest.fixture(scope="module")
 def server(tiny_checker_dir, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
+    # batches of up to 6 transformer rows: two guided requests (two rows each) and an unguided one fit in one
     eng = EngineProcess(["--model", "tiny-base", "--listen", "tcp:127.0.0.1:0", "--data-dir", str(data), "--safety-checker", str(tiny_checker_dir), "--safety-policy", "blur",
-                         "--safety-threshold", "0", "--allow-safety-opt-out"])
+                         "--safety-threshold", "0", "--allow-safety-opt-out", "--batch-rule", "512x512:6", "--max-batch", "6"])
     assert eng.wait_ready(timeout=240)["status"] == "ready"
     yield eng
     eng.stop()
@@ -57,6 +58,7 @@ def test_health_says_base_checkpoint_and_checker(server):
 
 
 def test_guided_requests_batch_with_unguided_ones_and_are_blurred_when_flagged(server):
+    # five rows in all (a guided image is two): one batch under the fixture's rule of 6
     results = call_all(server, gen(guidance_scale=5.0, negative_prompt="fog"), gen(guidance_scale=1.0),
                        gen(guidance_scale=5.0, negative_prompt="fog", safety_checker=False), behind_busy=True)
     (guided, g_blobs, _), (plain, p_blobs, _), (clear, c_blobs, _) = results
@@ -68,6 +70,13 @@ def test_guided_requests_batch_with_unguided_ones_and_are_blurred_when_flagged(s
     # same request, checked (blurred) and opted out (untouched): the blur removes the detail
     detail = lambda p: np.abs(np.diff(p.astype(int), axis=1)).mean()  # noqa: E731
     assert detail(pixels(g_blobs[0])) < detail(pixels(c_blobs[0])) / 4
+
+
+def test_guided_rows_count_against_the_batch_limit(server):
+    # 4 guided images are 8 rows: over the rule's 6, so the second request waits for the next batch
+    results = call_all(server, gen(guidance_scale=5.0, num_images=2), gen(guidance_scale=5.0, num_images=2), behind_busy=True)
+    assert [h["op"] for h, _, _ in results] == ["result"] * 2, results
+    assert [h["batch_size"] for h, _, _ in results] == [2, 2]
 
 
 def test_base_defaults_and_refusals(server):
