@@ -106,7 +106,10 @@ class SafetyChecker:
     def load(cls, options: SafetyOptions, device) -> "SafetyChecker":
         path = _locate(options.model)
         try:
-            from transformers import AutoImageProcessor, AutoModelForImageClassification
+            from transformers import AutoModelForImageClassification
+            # From its module, not the package: without torchvision, transformers 5.17's top-level AutoImageProcessor
+            # is a placeholder that refuses to load, while the class itself falls back to the PIL processors.
+            from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
             model = AutoModelForImageClassification.from_pretrained(path)
             processor = AutoImageProcessor.from_pretrained(path)
