@@ -1,6 +1,6 @@
 // BFL's API against the REAL server + tiny engine, driven as BFL's API reference shows: POST the task with
 // x-key, poll its polling_url (with x-key) until Ready, read result.sample; the webhook (signed with
-// webhook_secret); Pending / Ready / Error / Task not found; BFL-shaped errors naming the field. The same
+// webhook_secret); Pending / Ready / Error / Task not found; deterministic runs; BFL-shaped errors naming the field. The same
 // server also answers the JSON form of OpenAI's images.edits (images: [{image_url}]), sent with the official
 // `openai` package's generic post, as OpenAI's reference shows it (its images.edit helper sends multipart).
 import { createHmac } from 'node:crypto';
@@ -9,6 +9,7 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { callbackReceiver, imageHost } from '../helpers/receivers.ts';
 import { testImage } from '../helpers/images.ts';
+import { imagesBatchedWithOthers } from '../helpers/engine-metrics.ts';
 import { startServer, waitFor, type ServerHandle } from '../helpers/server.ts';
 
 const KEY = 'ks_test_bfl';
@@ -85,6 +86,34 @@ describe('BFL, as its API reference drives it', () => {
     expect(failed.details.code).toBe('IMAGE_FETCH_FAILED');
     const unknown = await (await fetch(`${server.url}/v1/get_result?id=nope`, { headers: { 'x-key': KEY } })).json();
     expect(unknown).toMatchObject({ id: 'nope', status: 'Task not found', result: null });
+  });
+
+  it('deterministic: true gives the same bytes alone and with runs queued beside it; a non-boolean is refused naming it', async () => {
+    const det = { prompt: 'same bytes', input_image: jpeg.toString('base64'), width: 64, height: 64, seed: 21, output_format: 'png', deterministic: true };
+    const bytesOf = async (body: Record<string, unknown>) => {
+      const res = await create(body);
+      expect(res.status).toBe(200);
+      const result = await poll((await res.json()).polling_url);
+      expect(result.status, JSON.stringify(result.details)).toBe('Ready');
+      return { bytes: Buffer.from(await (await fetch(result.result.sample)).arrayBuffer()), id: result.id as string };
+    };
+    const runflowRun = async (id: string) => (await fetch(`${server.url}/v1/runs/${id}`, { headers: { authorization: `Bearer ${KEY}` } })).json();
+    const alone = await bytesOf(det);
+    const batchedBefore = await imagesBatchedWithOthers(server.url);
+    // A larger run keeps the engine busy, so that the same-shaped runs below queue behind it and reach its batcher together.
+    const busy = await (await create({ prompt: 'keep busy', width: 1024, height: 1024, seed: 7 })).json();
+    await waitFor(async () => (await runflowRun(busy.id)).status_code === 'running', 60_000, 'busy run running');
+    const [among] = await Promise.all([bytesOf(det), bytesOf({ ...det, deterministic: undefined, seed: 22 }), bytesOf({ ...det, deterministic: undefined, prompt: 'a neighbour' })]);
+    expect((await poll(busy.polling_url)).status).toBe('Ready');
+    expect((await imagesBatchedWithOthers(server.url)) - batchedBefore, 'the two neighbours batched, the deterministic run alone').toBe(2);
+    expect(among.bytes.equals(alone.bytes), 'the same PNG bytes alone and among neighbours').toBe(true);
+    expect((await runflowRun(among.id)).input.deterministic).toBe(true);
+
+    const bad = await create({ ...det, deterministic: 'yes' });
+    expect(bad.status).toBe(422);
+    expect((await bad.json()).detail.map((d: any) => d.loc)).toEqual([['body', 'deterministic']]);
+    const { components } = (await (await fetch(`${server.url}/openapi.json`)).json()) as any;
+    expect(components.schemas.BflRequest.properties.deterministic).toMatchObject({ type: 'boolean', description: expect.stringContaining('byte-identical') });
   });
 
   it('errors carry BFL\'s detail, naming the field and the reason', async () => {

@@ -1,6 +1,6 @@
 // fal's API against the REAL server + tiny engine, driven by the official `@fal-ai/client` configured only with
 // proxyUrl (fal's proxy protocol at /fal/proxy): subscribe, queue submit/status/result/cancel, the synchronous
-// run, a fal_webhook round trip, fal-shaped errors, the same runs read and canceled through Runflow's routes, and
+// run, a fal_webhook round trip, deterministic runs, fal-shaped errors, the same runs read and canceled through Runflow's routes, and
 // the client's storage uploads (a Blob in the input, fal.storage.upload) with their upload URL's terms.
 import { createHash, createHmac, createPublicKey, verify } from 'node:crypto';
 import http from 'node:http';
@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashKey, keyId } from '../../src/auth/keys.ts';
 import { callbackReceiver } from '../helpers/receivers.ts';
 import { dataUri, testImage } from '../helpers/images.ts';
+import { imagesBatchedWithOthers } from '../helpers/engine-metrics.ts';
 import { startServer, waitFor, type ServerHandle } from '../helpers/server.ts';
 
 const KEY = 'ks_test_fal';
@@ -136,6 +137,35 @@ describe('fal through the official client and the proxy protocol', () => {
     const inline = await fal.run(EDIT, { input: { prompt: 'inline', image_urls: [image], num_inference_steps: 1, sync_mode: true } });
     expect((inline.data as any).images[0].url).toMatch(/^data:image\/png;base64,/);
     await waitFor(async () => (await runflow(`/v1/runs/${inline.requestId}`)).status === 404, 10_000, 'sync_mode run erased');
+  });
+
+  it('deterministic: true gives the same bytes alone and with runs queued beside it; a non-boolean is refused naming it', async () => {
+    const det = { prompt: 'same bytes', image_urls: [image], num_inference_steps: 1, seed: 21, output_format: 'png' as const, deterministic: true };
+    const bytesOf = async (input: Record<string, unknown>) => {
+      const { data, requestId } = await fal.subscribe(EDIT, { input: input as typeof det, pollInterval: 100 });
+      const res = await fetch((data as any).images[0].url);
+      expect(res.status).toBe(200);
+      return { bytes: Buffer.from(await res.arrayBuffer()), requestId };
+    };
+    const statusOf = async (id: string) => (await (await runflow(`/v1/runs/${id}`)).json()).status_code;
+    const alone = await bytesOf(det);
+    const batchedBefore = await imagesBatchedWithOthers(server.url);
+    // A larger run keeps the engine busy, so that the same-shaped runs below queue behind it and reach its batcher together.
+    const busy = await fal.queue.submit(EDIT, { input: { prompt: 'keep busy', image_urls: [image], image_size: { width: 1024, height: 1024 }, num_inference_steps: 4, seed: 7 } });
+    await waitFor(async () => (await statusOf(busy.request_id)) === 'running', 60_000, 'busy run running');
+    const [among] = await Promise.all([bytesOf(det), bytesOf({ ...det, deterministic: undefined, seed: 22 }), bytesOf({ ...det, deterministic: undefined, prompt: 'a neighbour' })]);
+    await waitFor(async () => (await statusOf(busy.request_id)) === 'succeeded', 60_000, 'busy run done');
+    expect((await imagesBatchedWithOthers(server.url)) - batchedBefore, 'the two neighbours batched, the deterministic run alone').toBe(2);
+    expect(among.bytes.equals(alone.bytes), 'the same PNG bytes alone and among neighbours').toBe(true);
+    // The request id is the run id: the run read back carries the choice.
+    expect((await (await runflow(`/v1/runs/${among.requestId}`)).json()).input.deterministic).toBe(true);
+
+    const bad = await fal.queue.submit(EDIT, { input: { ...det, deterministic: 'yes' } as any }).catch((e) => e);
+    expect(bad).toBeInstanceOf(ValidationError);
+    expect(bad.status).toBe(422);
+    expect(bad.fieldErrors[0].loc).toEqual(['body', 'deterministic']);
+    const { components } = (await (await fetch(`${server.url}/openapi.json`)).json()) as any;
+    for (const schema of ['FalEditInput', 'FalTextToImageInput']) expect(components.schemas[schema].properties.deterministic).toMatchObject({ type: 'boolean', description: expect.stringContaining('byte-identical') });
   });
 
   it('errors take fal\'s shape, naming the field and the reason', async () => {

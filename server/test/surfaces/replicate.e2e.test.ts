@@ -1,7 +1,7 @@
 // Replicate's API against the REAL server + tiny engine, driven by the official `replicate` package with
 // baseUrl http(s)://HOST/v1: replicate.run (a Buffer input through the Files API, file outputs read through
 // the client), predictions.create/get/cancel/list, replicate.wait, Prefer: wait, the stream URL, webhooks
-// filtered by event and accepted by the client's own validateWebhook, Replicate-shaped errors, and the same
+// filtered by event and accepted by the client's own validateWebhook, deterministic runs, Replicate-shaped errors, and the same
 // runs read and canceled through Runflow's routes.
 // The server runs behind a TLS-terminating proxy, as deployed: its public base URL is https, and the client's
 // fetch reaches it on loopback (the client only wraps https: and data: outputs as FileOutput).
@@ -10,6 +10,7 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { callbackReceiver } from '../helpers/receivers.ts';
 import { testImage } from '../helpers/images.ts';
+import { imagesBatchedWithOthers } from '../helpers/engine-metrics.ts';
 import { startServer, waitFor, type ServerHandle } from '../helpers/server.ts';
 
 const KEY = 'ks_test_replicate';
@@ -112,6 +113,37 @@ describe('Replicate through the official client', () => {
     } finally {
       await receiver.close();
     }
+  });
+
+  it('deterministic: true gives the same bytes alone and with runs queued beside it; a non-boolean is refused naming it', async () => {
+    const det = { prompt: 'same bytes', images: [`data:image/png;base64,${png.toString('base64')}`], aspect_ratio: 'match_input_image', output_format: 'png', seed: 21, deterministic: true };
+    const bytesOf = async (input: Record<string, unknown>) => {
+      const p = await replicate.predictions.create({ model: MODEL, input, wait: 60 });
+      const done = p.status === 'succeeded' ? p : await replicate.wait(p, { interval: 100 });
+      expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
+      const res = await viaProxy(done.output[0]);
+      expect(res.status).toBe(200);
+      return { bytes: Buffer.from(await res.arrayBuffer()), prediction: done };
+    };
+    const alone = await bytesOf(det);
+    const batchedBefore = await imagesBatchedWithOthers(local);
+    // A larger run (1024x1024) keeps the engine busy, so that the same-shaped runs below queue behind it and reach its batcher together.
+    const busy = await replicate.predictions.create({ model: MODEL, input: { prompt: 'keep busy', aspect_ratio: '1:1', seed: 7 } });
+    await waitFor(async () => (await replicate.predictions.get(busy.id)).status === 'processing', 60_000, 'busy prediction processing');
+    const [among] = await Promise.all([bytesOf(det), bytesOf({ ...det, deterministic: undefined, seed: 22 }), bytesOf({ ...det, deterministic: undefined, prompt: 'a neighbour' })]);
+    expect((await replicate.wait(busy, { interval: 100 })).status).toBe('succeeded');
+    expect((await imagesBatchedWithOthers(local)) - batchedBefore, 'the two neighbours batched, the deterministic run alone').toBe(2);
+    expect(among.bytes.equals(alone.bytes), 'the same PNG bytes alone and among neighbours').toBe(true);
+    expect((among.prediction.input as { deterministic?: boolean }).deterministic).toBe(true);
+    const run = await (await runflow(`/v1/runs/${among.prediction.id}`)).json();
+    expect(run.input.deterministic).toBe(true);
+
+    const bad = await replicate.predictions.create({ model: MODEL, input: { ...det, images: undefined, aspect_ratio: '1:1', deterministic: 'yes' } }).catch((e) => e);
+    expect(bad.response.status).toBe(422);
+    const body = JSON.parse(bad.message.slice(bad.message.indexOf('{'), bad.message.lastIndexOf('}') + 1));
+    expect(body.invalid_fields.map((f: any) => f.field)).toEqual(['input.deterministic']);
+    const { components } = (await (await fetch(`${local}/openapi.json`)).json()) as any;
+    expect(components.schemas.ReplicateInput.properties.deterministic).toMatchObject({ type: 'boolean', description: expect.stringContaining('byte-identical') });
   });
 
   it('errors take Replicate\'s shape, naming the field and the reason', async () => {

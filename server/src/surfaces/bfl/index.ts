@@ -36,6 +36,7 @@ function toRunRequest(body: BflRequest): RunRequest {
       height: body.height ?? null,
       num_images: 1,
       ...(body.loras?.length ? { loras: body.loras } : {}),
+      ...(body.deterministic ? { deterministic: true } : {}),
     },
     callback_url: body.webhook_url ?? null,
     ...(body.webhook_url

@@ -20,6 +20,7 @@ export const BflRequestSchema = z
     webhook_url: z.url({ protocol: /^https?$/ }).max(2048).optional(),
     webhook_secret: z.string().min(1).max(256).optional().describe('signs the webhook: X-BFL-Signature: sha256=<hex HMAC-SHA256 of the body>'),
     loras: inputFields.loras().optional().describe(`up to ${INPUT_LIMITS.maxLoras} LoRAs {path, scale}: HF repo id, URL or adapters-dir name (a kleinserve extension)`),
+    deterministic: inputFields.deterministic().optional(),
   })
   .superRefine((v, ctx) => {
     if ((v.width === undefined) !== (v.height === undefined)) {

@@ -29,6 +29,7 @@ export function toRunRequest(modelId: string, input: FalInput, webhook: string |
       ...(input.enable_safety_checker !== undefined ? { safety_checker: input.enable_safety_checker } : {}),
       ...(input.guidance_scale !== undefined ? { guidance_scale: input.guidance_scale } : {}),
       ...(input.loras?.length ? { loras: input.loras } : {}),
+      ...(input.deterministic ? { deterministic: true } : {}),
     },
     callback_url: webhook,
     ...(webhook ? { callback: { format: 'fal', signing: { scheme: 'fal' as const, userId } } } : {}),

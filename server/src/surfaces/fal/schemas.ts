@@ -23,6 +23,7 @@ const common = {
   guidance_scale: inputFields.guidanceScale().optional().describe('base checkpoints only; a distilled checkpoint refuses anything but 1 (422)'),
   loras: inputFields.loras().optional().describe(`up to ${INPUT_LIMITS.maxLoras} LoRAs {path, scale}: HF repo id, URL or adapters-dir name`),
   sync_mode: z.boolean().optional().describe('outputs as data URIs; on the synchronous route nothing is kept once answered'),
+  deterministic: inputFields.deterministic().optional(),
 };
 
 export const FalEditInputSchema = z

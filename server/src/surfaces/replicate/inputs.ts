@@ -40,6 +40,7 @@ export function toRunRequest(body: PredictionBody): RunRequest {
       num_images: 1,
       ...(input.disable_safety_checker !== undefined ? { safety_checker: !input.disable_safety_checker } : {}),
       ...(input.loras?.length ? { loras: input.loras } : {}),
+      ...(input.deterministic ? { deterministic: true } : {}),
     },
     callback_url: body.webhook ?? null,
     ...(body.webhook

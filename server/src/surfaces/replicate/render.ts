@@ -36,6 +36,7 @@ export function toPrediction(run: RunRecord, base: string) {
       output_format: input.output_format === 'jpeg' ? 'jpg' : input.output_format,
       output_quality: input.output_quality,
       ...(input.width !== null ? { width: input.width, height: input.height } : {}),
+      ...(input.deterministic ? { deterministic: true } : {}),
     },
     logs: logs(run),
     output: run.status === 'succeeded' && run.output ? run.output.images.map((img) => outputUrl(base, img.key)) : null,

@@ -38,6 +38,7 @@ export const ReplicateInputSchema = z
     go_fast: z.boolean().optional().describe('accepted; the engine always runs its fastest configuration'),
     disable_safety_checker: z.boolean().optional().describe("true: skip the operator's safety checker (422 unless the server allows opting out)"),
     loras: inputFields.loras().optional().describe(`up to ${INPUT_LIMITS.maxLoras} LoRAs {path, scale}: HF repo id, URL or adapters-dir name (a kleinserve extension)`),
+    deterministic: inputFields.deterministic().optional(),
   })
   .superRefine((v, ctx) => {
     if (v.aspect_ratio === 'match_input_image' && !v.images?.length) {
