@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# A virtual environment here with the GPU image's Python packages (Python 3.12, torch 2.11, transformers 5.17,
+# huggingface_hub 1.33, safetensors 0.8; no torchvision), the carried wheels (.whl/, from fetch-wheels.sh) on
+# PYTHONPATH as gpu-run.sh installs them there, then a command run in it. The engine is developed on torch 2.13
+# and a newer transformers; this finds what breaks on the image's versions before a GPU minute is spent on it.
+# The first call downloads about 5 GB (torch 2.11's CUDA build with its NVIDIA libraries; it runs on the CPU).
+#
+# usage: bash bench/engine/gpu-image-venv.sh [COMMAND...]    (default: the engine's whole test suite)
+#   e.g. bash bench/engine/gpu-image-venv.sh python -m pytest -q tests/test_safety.py    (run in engine/)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+VENV=${KLEINSERVE_GPU_IMAGE_VENV:-/tmp/kleinserve-gpu-image-venv}
+SITE=$VENV/carried
+PY312=${PY312:-$(command -v python3.12 || true)}
+[ -n "$PY312" ] || { echo "needs python3.12 (the GPU image's Python)" >&2; exit 2; }
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY312" -m venv "$VENV"
+  # what the image has (bench/engine/fetch-wheels.sh lists it); peft and pytest only for the tests
+  "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.11.0 'transformers==5.17.*' 'huggingface_hub==1.33.*' \
+    'safetensors==0.8.*' numpy pillow regex requests filelock zipp prometheus_client pytest 'peft>=0.17,<1'
+fi
+compgen -G ".whl/*.whl" >/dev/null || bash bench/engine/fetch-wheels.sh
+"$VENV/bin/pip" install -q --disable-pip-version-check --no-index --no-deps --upgrade --target "$SITE" .whl/*.whl
+export PYTHONPATH=$SITE:$ROOT/engine${PYTHONPATH:+:$PYTHONPATH} PATH=$VENV/bin:$PATH
+cd engine
+if [ $# -eq 0 ]; then set -- python -m pytest -q -p no:cacheprovider tests; fi
+exec "$@"
