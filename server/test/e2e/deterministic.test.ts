@@ -3,6 +3,7 @@
 // Real server, real Python engine on the tiny model.
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { imagesBatchedWithOthers as batchedWithOthers } from '../helpers/engine-metrics.ts';
 import { dataUri, testImage } from '../helpers/images.ts';
 import { Api, startServer, waitFor, type ServerHandle } from '../helpers/server.ts';
 
@@ -54,15 +55,7 @@ async function maxPixelDifference(a: Buffer, b: Buffer): Promise<number> {
   return max;
 }
 
-/** Images the engine denoised in batches of more than one, from its batch-size histogram on /metrics. */
-async function imagesBatchedWithOthers(server: ServerHandle = srv): Promise<number> {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
-  const value = (re: RegExp) => Number(text.match(re)?.[1] ?? NaN);
-  const images = value(/^kleinserve_engine_batch_size_sum\s+(\S+)$/m);
-  const alone = value(/^kleinserve_engine_batch_size_bucket\{le="1(?:\.0)?"\}\s+(\S+)$/m);
-  expect(Number.isFinite(images) && Number.isFinite(alone), 'engine batch histogram on /metrics').toBe(true);
-  return images - alone;
-}
+const imagesBatchedWithOthers = (server: ServerHandle = srv) => batchedWithOthers(server.url);
 
 describe('deterministic runs (real engine, tiny model)', () => {
   it('gives byte-identical output alone and among batched neighbours; the default stays within 1/255', async () => {
