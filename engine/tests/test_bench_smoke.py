@@ -134,3 +134,56 @@ def test_full_size_configs_match_the_published_model():
     # with one reference, 1,057 with four, 139 for text-to-image, 71 per 512^2 one-reference edit; 4 steps
     for (size, refs), tflop in {(1024, 1): 307, (1024, 4): 1057, (1024, 0): 139, (512, 1): 71}.items():
         assert abs(bench.denoise_flops(transformer, size, refs) / 1e12 - tflop) < 0.01 * tflop, (size, refs)
+
+
+def test_smoke_host_sync_count_names_each_wait_and_sets_batch_start_apart(model, monkeypatch, tmp_path):
+    """The CUDA-only sync count, run here with torch's sync warnings simulated where the engine would make them:
+    one at batch start (text encoding), the decode's pixel copy, and a stray one mid-batch, which must fail the
+    check and be named by its line."""
+    import types
+    import warnings
+
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    import smoke
+    from kleinserve_engine import latents, text_encoding
+    from kleinserve_engine.fastpath import FastPathOptions
+    from kleinserve_engine.pipeline import Engine, EngineOptions, Job
+    from kleinserve_engine.preprocess import Reference
+    from conftest import random_image
+
+    def warns(fn):
+        def wrapped(*a, **kw):
+            warnings.warn("called a synchronizing CUDA operation")
+            return fn(*a, **kw)
+        return wrapped
+
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: None)
+    monkeypatch.setattr(text_encoding, "upload", warns(text_encoding.upload))
+    monkeypatch.setattr(latents, "to_uint8", warns(latents.to_uint8))
+    engine = Engine(model, EngineOptions(fastpath=FastPathOptions.for_device("cpu")))
+    img = random_image(48, 32)
+
+    def job(seeds=(1,), prompt="p", **kw):
+        return Job(prompt=prompt, refs=[Reference(img, "sync-ref")], seeds=list(seeds), width=48, height=32, steps=2,
+                   output_format="png", **kw)
+
+    def run(eng, jobs):
+        return eng.run_batch(jobs), 0.0
+
+    checks = []
+    cuda = types.SimpleNamespace(type="cuda")
+    smoke.host_sync_check(engine, job, run, cuda, lambda n, ok, d: checks.append((ok, d)), tmp_path)
+    (ok, detail), = checks
+    # the prompts' ids and mask at batch start, set apart; the decode's copy is the one wait allowed
+    assert ok and detail.startswith("1 sync(s) past the batch start"), detail
+    assert "2x batch start: text_encoding.py" in detail and "1x pipeline.py" in detail and "to_uint8" in detail, detail
+
+    from kleinserve_engine.lora import rows
+    monkeypatch.setattr(rows, "upload", warns(rows.upload))
+    checks.clear()
+    smoke.host_sync_check(engine, job, run, cuda, lambda n, ok, d: checks.append((ok, d)), tmp_path)
+    (ok, detail), = checks
+    # a wait in the LoRA rows' planning is past the batch start: the check fails and names its line
+    assert not ok and detail.startswith("2 sync(s)") and "1x rows.py" in detail, detail
