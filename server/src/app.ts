@@ -16,6 +16,7 @@ import type { KeyRing } from './auth/keys.ts';
 import type { Ed25519Jwk } from './callbacks/signing.ts';
 import type { EngineStatusView } from './engine/engine.ts';
 import authPlugin from './http/auth.ts';
+import bodyBudget from './http/body-budget.ts';
 import bodyGuard from './http/body-guard.ts';
 import { addMethodNotAllowed, collectPaths } from './http/method-not-allowed.ts';
 import metricsPlugin from './http/metrics.ts';
@@ -28,6 +29,7 @@ import securityHeaders from './http/security-headers.ts';
 import storedInputRoutes from './http/stored-inputs.ts';
 import uploadRoutes from './http/uploads.ts';
 import type { Metrics } from './metrics.ts';
+import type { BodyBudgetBounds } from './policy-config.ts';
 import errorsPlugin from './plugins/errors.ts';
 import type { RunService } from './runs/service.ts';
 import type { StorageHealth } from './storage/health.ts';
@@ -50,6 +52,8 @@ export interface AppDeps {
   bodyLimitBytes: number;
   /** Server options that bound what one client can hold (http/server-options.ts). */
   http: Partial<FastifyServerOptions>;
+  /** Bytes of request bodies held at once, per API key and in all (http/body-budget.ts); absent: unbounded. */
+  bodyBudget?: BodyBudgetBounds;
   /** Whether GET /metrics needs an API key (http/metrics.ts: metricsRequireKey). */
   metricsRequireKey?: boolean;
   /** Whether storage takes writes, for health. */
@@ -97,6 +101,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     transformObject: (doc) => completeDocument(jsonSchemaTransformObject(doc), routeFacts, { serverUrl: deps.baseUrl() || undefined }),
   });
   await app.register(authPlugin, { keys: deps.keys });
+  // After auth: a request is charged to its key only once the key is known good, and refused ones never are.
+  if (deps.bodyBudget) await app.register(bodyBudget, { bounds: deps.bodyBudget, metrics: deps.metrics });
   await app.register(securityHeaders);
   await app.register(metricsPlugin, { metrics: deps.metrics, engine: deps.engine, requireKey: deps.metricsRequireKey });
 

@@ -1,5 +1,6 @@
-// Prometheus metrics: runs by status, queue depth, stage latencies, engine health, HTTP latencies. The
-// registry lives below HTTP (dispatch observes stages); http/metrics.ts serves it with the engine's own.
+// Prometheus metrics: runs by status, queue depth, stage latencies, engine health, HTTP latencies, request
+// body bytes held. The registry lives below HTTP (dispatch observes stages); http/metrics.ts serves it with
+// the engine's own.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { EngineStatusView } from './engine/engine.ts';
 import type { RunEventBus } from './runs/events.ts';
@@ -28,6 +29,17 @@ export class Metrics {
     help: 'HTTP request latency by route template (never the raw path), method and status code',
     labelNames: ['method', 'route', 'code'],
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 60],
+    registers: [this.registry],
+  });
+  readonly bodyBytesHeld = new Gauge({
+    name: 'kleinserve_http_body_bytes_held',
+    help: 'Bytes of request bodies admitted and not yet answered (declared lengths; the body limit for chunked ones), all callers together',
+    registers: [this.registry],
+  });
+  readonly bodyRefusals = new Counter({
+    name: 'kleinserve_http_body_refusals_total',
+    help: 'Requests refused before their body was read because the body budget was spent, by bound (key: 429, in_flight: 503)',
+    labelNames: ['bound'],
     registers: [this.registry],
   });
 

@@ -34,14 +34,20 @@ export function callerOf(req: FastifyRequest): Caller {
   return { scope: key ? hashKey(key) : 'anonymous', log: req.log as Caller['log'] };
 }
 
+/** Whether the request's key is checked (so, past this plugin, valid): keyed routes, and public ones sent a key they check. */
+export function keyChecked(req: FastifyRequest): boolean {
+  const config = req.routeOptions.config;
+  const header = req.headers.authorization ?? req.headers['x-key'];
+  return !!req.routeOptions.url && !(config?.public && !(config.optionalKey && header));
+}
+
 export default fp(async function authPlugin(app: FastifyInstance, opts: { keys: KeyRing }) {
   app.addHook('onRequest', async (req) => {
-    const config = req.routeOptions.config;
+    if (!keyChecked(req)) return;
     const header = req.headers.authorization ?? req.headers['x-key'];
-    if (!req.routeOptions.url || (config?.public && !(config.optionalKey && header))) return;
     const key = bearerKey(req);
     if (!key || !opts.keys.check(key)) {
       throw new ServiceError('unauthorized', 'UNAUTHORIZED', header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key> (or Key <key>, or an x-key header)');
     }
   });
-});
+}, { name: 'auth' });

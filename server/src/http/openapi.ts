@@ -6,7 +6,8 @@
 // - bodies a route reads or writes itself, which Fastify's schemas cannot describe (multipart, raw bytes,
 //   image files, Server-Sent Events), come from the route's `config.docs` or from OPERATIONS;
 // - the errors every route can give: public routes need no key, any route may answer 400/413/415/431 from
-//   the HTTP layer, keyed ones (and public ones that check a key when sent) 401, routes with path parameters 404, creates 409/429/503 (model unavailable).
+//   the HTTP layer, keyed ones (and public ones that check a key when sent) 401, routes with path parameters 404, creates 409/429/503 (model unavailable),
+//   routes that take a body 429/503 too (the request-body budget, http/body-budget.ts).
 // Only the document changes; responses are still serialized by each route's own schemas.
 import type { FastifyInstance } from 'fastify';
 
@@ -137,9 +138,9 @@ const ERROR_DESCRIPTIONS: Record<string, string> = {
   '413': 'Body larger than the server accepts',
   '415': 'Unsupported content type',
   '422': 'Invalid input; `errors` names each field',
-  '429': 'Rate limit or quota reached; see Retry-After',
+  '429': "Rate limit or quota reached, or this key's request bodies in flight are at their bound; see Retry-After",
   '500': 'Internal error',
-  '503': 'Model unavailable',
+  '503': 'Model unavailable, or the server holds as many request bodies as it can (SERVER_BUSY; see Retry-After)',
 };
 
 interface RouteFacts {
@@ -228,7 +229,7 @@ export function completeDocument(doc: Json, facts: RouteFacts, opts: { serverUrl
       if (facts.isPublic.has(key)) op.security = [];
       if (!facts.isPublic.has(key) || facts.optionalKey.has(key)) codes.push('401');
       if (path.includes('{')) codes.push('404');
-      if (op.requestBody || ['post', 'put', 'patch'].includes(method)) codes.push('413', '415', '422');
+      if (op.requestBody || ['post', 'put', 'patch'].includes(method)) codes.push('413', '415', '422', '429', '503');
       if (op.parameters?.length) codes.push('422');
       if (facts.creates.has(key)) codes.push('409', '429', '503');
       for (const code of codes) {

@@ -11,7 +11,7 @@ import type { IdempotencyOptions } from '../idempotency/claim.ts';
 import { PgIdempotencyStore } from '../idempotency/postgres.ts';
 import { SqliteIdempotencyStore } from '../idempotency/sqlite.ts';
 import type { IdempotencyStore } from '../idempotency/store.ts';
-import type { PolicyConfig } from '../policy-config.ts';
+import type { BodyBudgetBounds, PolicyConfig } from '../policy-config.ts';
 import { MemoryRateLimiter } from '../quotas/memory-rate-limiter.ts';
 import type { Quota, RateLimiter } from '../quotas/rate-limiter.ts';
 import { RedisRateLimiter } from '../quotas/redis-rate-limiter.ts';
@@ -27,6 +27,8 @@ export interface PolicyBackends {
   idempotency: IdempotencyOptions;
   retention: RetentionSweeper;
   http: Partial<FastifyServerOptions>;
+  /** Bytes of request bodies held at once, per API key and in all (http/body-budget.ts). */
+  bodyBudget: BodyBudgetBounds;
   /** The operator's price of one GPU-hour, for run costs. */
   pricePerGpuHour: number;
   close(): Promise<void>;
@@ -73,6 +75,7 @@ export function assemblePolicy(deps: PolicyDeps, stores: PolicyStores): PolicyBa
     idempotency: { store: stores.idempotency, windowMs: cfg.idempotencyWindowMs },
     retention,
     http: httpServerOptions(cfg, deps.waitCapSeconds),
+    bodyBudget: { bodyBytesPerKey: cfg.bodyBytesPerKey, bodyBytesInFlight: cfg.bodyBytesInFlight },
     pricePerGpuHour: cfg.pricePerGpuHour,
     async close() {
       await retention.stop();

@@ -15,6 +15,7 @@ import { callbackSecret, type Config } from '../config.ts';
 import type { EngineStatusView } from '../engine/engine.ts';
 import { parseAllowlist, type FetchAllowlist } from '../images/index.ts';
 import type { Metrics } from '../metrics.ts';
+import { checkBodyBudget } from '../policy-config.ts';
 import type { Admission } from '../runs/admission.ts';
 import type { RunEventBus } from '../runs/events.ts';
 import type { RunLifecycle } from '../runs/lifecycle.ts';
@@ -141,6 +142,7 @@ export interface ApiParts {
 /** The run service and the HTTP app over it, for the roles that serve the API (`serve`, `api`). */
 export async function buildApiServer(cfg: Config, base: RoleBase, parts: ApiParts): Promise<{ app: FastifyInstance; runs: RunService }> {
   const { lifecycle, engine, objects, policy } = parts;
+  checkBodyBudget(policy.bodyBudget, cfg.bodyLimitBytes);
   parts.metrics.registry.registerMetric(base.storage.failures);
   const assets = new AssetLibrary(objects);
   const references = new InputReferences({ assets, store: lifecycle.store, objects, baseUrl: base.baseUrl });
@@ -178,6 +180,7 @@ export async function buildApiServer(cfg: Config, base: RoleBase, parts: ApiPart
     baseUrl: base.baseUrl,
     bodyLimitBytes: cfg.bodyLimitBytes,
     http: policy.http,
+    bodyBudget: policy.bodyBudget,
     storage: base.storage,
     metricsRequireKey: metricsRequireKey(cfg.metricsRequireKey, cfg.host),
     standardWebhooksSecret: standardWebhooksSecret(callbackSecret(cfg)),
