@@ -5,6 +5,7 @@
 // runs read and canceled through Runflow's routes.
 // The server runs behind a TLS-terminating proxy, as deployed: its public base URL is https, and the client's
 // fetch reaches it on loopback (the client only wraps https: and data: outputs as FileOutput).
+import http from 'node:http';
 import Replicate, { validateWebhook } from 'replicate';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -164,4 +165,47 @@ describe('Replicate through the official client', () => {
     expect(unauth.response.status).toBe(401);
     expect(unauth.message).toContain('"detail"');
   });
+});
+
+describe('Replicate Files API bounds', () => {
+  it('a multipart upload over the body limit is a 413 once the limit is crossed, even when each file is under its own', async () => {
+    // Two 45 MB files: each under the 50 MB file limit, together over the 80 MiB body limit, streamed chunked.
+    const boundary = 'kleinserveFilesBoundary';
+    const part = (name: string) => `--${boundary}\r\nContent-Disposition: form-data; name="content"; filename="${name}"\r\nContent-Type: image/png\r\n\r\n`;
+    const chunk = Buffer.alloc(1024 * 1024, 0x5a);
+    const res = await new Promise<{ status: number; body: any; sent: number }>((resolve, reject) => {
+      let sent = 0;
+      let answered = false;
+      const req = http.request(
+        { host: '127.0.0.1', port: server.port, method: 'POST', path: '/v1/files',
+          headers: { authorization: `Bearer ${KEY}`, 'content-type': `multipart/form-data; boundary=${boundary}` } },
+        (r) => {
+          answered = true;
+          const chunks: Buffer[] = [];
+          r.on('data', (c) => chunks.push(c));
+          r.on('end', () => resolve({ status: r.statusCode!, body: JSON.parse(Buffer.concat(chunks).toString()), sent }));
+        },
+      );
+      req.on('error', () => setTimeout(() => answered || reject(new Error('no answer')), 3000));
+      const parts: (Buffer | string)[] = [];
+      for (const name of ['a.png', 'b.png']) {
+        parts.push(part(name));
+        for (let i = 0; i < 43; i++) parts.push(chunk);
+        parts.push('\r\n');
+      }
+      parts.push(`--${boundary}--\r\n`);
+      const pump = () => {
+        while (parts.length && !answered && !req.destroyed) {
+          const p = parts.shift()!;
+          sent += Buffer.byteLength(p);
+          if (!req.write(p)) return void req.once('drain', pump);
+        }
+        if (!answered && !req.destroyed) req.end();
+      };
+      pump();
+    });
+    expect(res.status).toBe(413);
+    expect(res.body).toMatchObject({ status: 413, code: 'PAYLOAD_TOO_LARGE' });
+    expect(res.sent).toBeLessThan(80 * 1024 * 1024 + 8 * 1024 * 1024);
+  }, 60_000);
 });

@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { invalidInput, ServiceError } from '../../errors.ts';
 import { callerOf } from '../../http/auth.ts';
+import { limitUpload } from '../../http/upload-limit.ts';
 import { MAX_ASSET_BYTES, type AssetRecord } from '../../runs/assets.ts';
 import { assetUrl } from '../../runs/references.ts';
 import type { SurfaceDeps } from '../surface.ts';
@@ -52,7 +53,10 @@ export async function fileRoutes(root: FastifyInstance, deps: SurfaceDeps): Prom
 
   app.post('/v1/files', { schema: { summary: 'Replicate Files API: upload an input file (multipart: content, metadata)', tags: ['replicate'], response: { 201: FileObjectSchema } }, config: { docs: UPLOAD_DOCS } }, async (req, reply) => {
     if (!req.isMultipart()) throw new ServiceError('unsupported_media_type', 'UNSUPPORTED_MEDIA_TYPE', 'send multipart/form-data with a content file part');
-    const { content, metadata } = await readUpload(req).catch((err) => {
+    // multipart's own limits bound each file, not the body: the route's body limit holds for the stream too
+    const limit = limitUpload(req, reply);
+    const upload = Promise.race([readUpload(req), limit.exceeded]).finally(limit.stop);
+    const { content, metadata } = await upload.catch((err) => {
       // A malformed body (no boundary, truncated part) is the client's error, never a 500.
       if (err instanceof ServiceError || (err as { statusCode?: number }).statusCode) throw err;
       throw new ServiceError('bad_request', 'BAD_REQUEST', `malformed multipart body: ${(err as Error).message}`.slice(0, 200));
