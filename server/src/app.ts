@@ -17,6 +17,7 @@ import type { Ed25519Jwk } from './callbacks/signing.ts';
 import type { EngineStatusView } from './engine/engine.ts';
 import authPlugin from './http/auth.ts';
 import bodyBudget from './http/body-budget.ts';
+import unroutedBodies from './http/unrouted-bodies.ts';
 import bodyGuard from './http/body-guard.ts';
 import { addMethodNotAllowed, collectPaths } from './http/method-not-allowed.ts';
 import metricsPlugin from './http/metrics.ts';
@@ -101,6 +102,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     transformObject: (doc) => completeDocument(jsonSchemaTransformObject(doc), routeFacts, { serverUrl: deps.baseUrl() || undefined }),
   });
   await app.register(authPlugin, { keys: deps.keys });
+  await app.register(unroutedBodies);
   // After auth: a request is charged to its key only once the key is known good, and refused ones never are.
   if (deps.bodyBudget) await app.register(bodyBudget, { bounds: deps.bodyBudget, metrics: deps.metrics });
   await app.register(securityHeaders);

@@ -13,6 +13,11 @@ export function bounded(text: string, max = MAX_ECHO_CHARS): string {
   return text.length > max ? `${text.slice(0, max)}… (${text.length} characters)` : text;
 }
 
+/** What a request to a path no route serves is told (every not-found answer says the same). */
+export function noRouteMessage(req: { method: string; url: string }): string {
+  return `no route for ${bounded(req.method, 20)} ${bounded(req.url.split('?')[0])}`;
+}
+
 export interface ContractError {
   code: string;
   message: string;

@@ -6,7 +6,7 @@ import fp from 'fastify-plugin';
 import type { FastifyError, FastifyInstance } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
 import { ServiceError, type FieldError } from '../errors.ts';
-import { bounded, codeForStatus } from '../http/framework-errors.ts';
+import { bounded, codeForStatus, noRouteMessage } from '../http/framework-errors.ts';
 import { errorHeaders, STATUS_OF } from '../http/status.ts';
 import { isStorageFailure, StorageWriteError } from '../storage/write-failure.ts';
 
@@ -76,6 +76,6 @@ export default fp(async function errorsPlugin(app: FastifyInstance) {
   });
 
   app.setNotFoundHandler((req, reply) => {
-    reply.code(404).send({ code: 'NOT_FOUND', message: `no route for ${bounded(req.method, 20)} ${bounded(req.url.split('?')[0])}`, errors: [] });
+    reply.code(404).send({ code: 'NOT_FOUND', message: noRouteMessage(req), errors: [] });
   });
 });

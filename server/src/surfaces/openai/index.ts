@@ -8,6 +8,7 @@ import multipart from '@fastify/multipart';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { invalidInput, ServiceError, type FieldError } from '../../errors.ts';
 import { callerOf } from '../../http/auth.ts';
+import { noRouteMessage } from '../../http/framework-errors.ts';
 import type { RouteDocs } from '../../http/openapi.ts';
 import { clientGone, idempotencyKeyHeader } from '../../http/request.ts';
 import { limitUpload } from '../../http/upload-limit.ts';
@@ -200,7 +201,7 @@ export async function openAiSurface(app: FastifyInstance, deps: SurfaceDeps): Pr
   await app.register(
     async (images) => {
       images.setNotFoundHandler((req, reply) => {
-        reply.code(404).send({ code: 'NOT_FOUND', message: `no route for ${req.method} ${req.url.split('?')[0].slice(0, 120)}`, errors: [] });
+        reply.code(404).send({ code: 'NOT_FOUND', message: noRouteMessage(req), errors: [] });
       });
     },
     { prefix: '/v1/images' },
