@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { hashKey, type KeyRing } from '../auth/keys.ts';
 import { ServiceError } from '../errors.ts';
 import type { Caller } from '../runs/service.ts';
+import { bodyBytesOf, lingerAfterAnswer } from './upload-limit.ts';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -42,11 +43,13 @@ export function keyChecked(req: FastifyRequest): boolean {
 }
 
 export default fp(async function authPlugin(app: FastifyInstance, opts: { keys: KeyRing }) {
-  app.addHook('onRequest', async (req) => {
+  app.addHook('onRequest', async (req, reply) => {
     if (!keyChecked(req)) return;
     const header = req.headers.authorization ?? req.headers['x-key'];
     const key = bearerKey(req);
     if (!key || !opts.keys.check(key)) {
+      // Refused before its body: drained only briefly, never read whole for a caller without a key
+      if (bodyBytesOf(req)) lingerAfterAnswer(req.raw, reply.raw);
       throw new ServiceError('unauthorized', 'UNAUTHORIZED', header ? 'invalid API key' : 'missing API key: send Authorization: Bearer <key> (or Key <key>, or an x-key header)');
     }
   });

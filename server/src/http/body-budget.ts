@@ -11,13 +11,10 @@ import { ServiceError } from '../errors.ts';
 import type { Metrics } from '../metrics.ts';
 import type { BodyBudgetBounds } from '../policy-config.ts';
 import { callerOf, keyChecked } from './auth.ts';
-import { lingerAfterAnswer } from './upload-limit.ts';
+import { bodyBytesOf, lingerAfterAnswer } from './upload-limit.ts';
 
 /** Held bodies end within the request timeout or their answer, so space comes back soon; a short wait fits. */
 export const BODY_RETRY_AFTER_S = 1;
-
-/** Methods Fastify never reads a body for. */
-const BODYLESS = new Set(['GET', 'HEAD', 'TRACE']);
 
 export type Reservation =
   | { ok: true; release: () => void }
@@ -67,21 +64,6 @@ export class BodyBudget {
       },
     };
   }
-}
-
-/**
- * What a request's body may hold: its declared length (never more than the route's limit: a longer body is
- * refused unread with a 413), the route's limit when chunked, 0 without a body.
- */
-export function bodyBytesOf(req: FastifyRequest): number {
-  if (BODYLESS.has(req.method)) return 0;
-  const limit = req.routeOptions.bodyLimit ?? req.server.initialConfig.bodyLimit ?? 0;
-  const declared = req.headers['content-length'];
-  if (declared !== undefined) {
-    const n = Number(declared);
-    return Number.isFinite(n) && n > 0 ? Math.min(n, limit) : 0;
-  }
-  return req.headers['transfer-encoding'] !== undefined ? limit : 0;
 }
 
 function refusal(r: Extract<Reservation, { ok: false }>, bytes: number): ServiceError {

@@ -5,9 +5,8 @@
 import fp from 'fastify-plugin';
 import type { FastifyInstance } from 'fastify';
 import { ServiceError } from '../errors.ts';
-import { bodyBytesOf } from './body-budget.ts';
 import { noRouteMessage } from './framework-errors.ts';
-import { lingerAfterAnswer } from './upload-limit.ts';
+import { bodyBytesOf, lingerAfterAnswer } from './upload-limit.ts';
 
 export default fp(
   async function unroutedBodiesPlugin(app: FastifyInstance) {

@@ -35,6 +35,24 @@ export function lingerAfterAnswer(raw: IncomingMessage, res: ServerResponse): vo
   });
 }
 
+/** Methods Fastify never reads a body for. */
+const BODYLESS = new Set(['GET', 'HEAD', 'TRACE']);
+
+/**
+ * What a request's body may hold: its declared length (never more than the route's limit: a longer body is
+ * refused unread with a 413), the route's limit when chunked, 0 without a body.
+ */
+export function bodyBytesOf(req: FastifyRequest): number {
+  if (BODYLESS.has(req.method)) return 0;
+  const limit = req.routeOptions.bodyLimit ?? req.server.initialConfig.bodyLimit ?? 0;
+  const declared = req.headers['content-length'];
+  if (declared !== undefined) {
+    const n = Number(declared);
+    return Number.isFinite(n) && n > 0 ? Math.min(n, limit) : 0;
+  }
+  return req.headers['transfer-encoding'] !== undefined ? limit : 0;
+}
+
 export interface UploadLimit {
   /** Rejects with a 413 ServiceError once the body crosses the limit; never resolves. */
   exceeded: Promise<never>;

@@ -224,13 +224,18 @@ describe('multipart uploads', () => {
       const res = await upload(8, 30 * MiB);
       expect(res.status).toBe(413);
       expect(res.body).toMatchObject({ code: 'PAYLOAD_TOO_LARGE', errors: [] });
-      expect(res.sent).toBeLessThan(BODY_LIMIT + 16 * MiB); // answered when the limit was crossed, not at the end
+      // Answered when the limit was crossed, not at the end: what this side sent is the limit, what the sockets
+      // buffer, and what the server drains after its answer (a lingering close, at most 32 MiB) before the answer
+      // is read here, which on a loaded machine can be the whole drain.
+      expect(res.sent).toBeLessThan(BODY_LIMIT + 32 * MiB + 16 * MiB);
     } finally {
       clearInterval(sampler);
     }
-    // Bounded by the limit (buffered parts and their base64 copies), not by the 240 MiB sent.
+    // Bounded by the limit (buffered parts and their base64 copies, about 2.3x here), not by the 240 MiB sent,
+    // which read whole would cost over 4x (its bytes and their base64 copies). 3x, since the baseline is one RSS
+    // reading and moves by tens of MiB with the collector's timing (seen 119-176 MiB before the same upload).
     console.info(`240 MiB multipart upload: server RSS ${Math.round(before / MiB)} MiB -> peak ${Math.round(peak / MiB)} MiB`);
-    expect(peak - before).toBeLessThan(2.5 * BODY_LIMIT);
+    expect(peak - before).toBeLessThan(3 * BODY_LIMIT);
     await alive();
   }, 60_000);
 
@@ -318,6 +323,29 @@ describe('multipart uploads', () => {
     expect(cutAfterMs).toBeLessThan(2000 + 1500);
     await alive();
   }, 60_000);
+
+  it('a body sent without a key is answered 401 and cut within the lingering bound, not read whole', async () => {
+    // Keep-alive and a slow body: the framework alone would read (and throw away) all 80 MiB as it dripped in.
+    const { port } = new URL(server.url);
+    const s = net.connect(Number(port), '127.0.0.1');
+    s.on('error', () => {});
+    await new Promise((r) => s.once('connect', r));
+    s.write(`POST /v1/models/flux-2-klein-4b/edit/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${80 * MiB}\r\n\r\n{"input":`);
+    let out = '';
+    s.on('data', (d) => (out += d));
+    await waitFor(() => /^HTTP\/1\.1 401/.test(out), 5000, 'the 401');
+    const answeredAt = Date.now();
+    const drip = setInterval(() => s.writable && s.write('x'.repeat(64 * 1024)), 50);
+    const closed = await Promise.race([
+      new Promise<boolean>((r) => s.once('close', () => r(true))),
+      new Promise<boolean>((r) => setTimeout(() => r(false), 6000)),
+    ]);
+    clearInterval(drip);
+    s.destroy();
+    expect(closed).toBe(true);
+    expect(Date.now() - answeredAt).toBeLessThan(2000 + 1500);
+    await alive();
+  }, 30_000);
 
   it('a normal upload still works afterwards', async () => {
     const form = new FormData();
