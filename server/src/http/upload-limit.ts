@@ -38,13 +38,16 @@ export function lingerAfterAnswer(raw: IncomingMessage, res: ServerResponse): vo
 /** Methods Fastify never reads a body for. */
 const BODYLESS = new Set(['GET', 'HEAD', 'TRACE']);
 
+/** The most body bytes the request's route takes (the server's limit unless the route sets its own). */
+const routeBodyLimit = (req: FastifyRequest): number => req.routeOptions.bodyLimit ?? req.server.initialConfig.bodyLimit ?? 0;
+
 /**
  * What a request's body may hold: its declared length (never more than the route's limit: a longer body is
  * refused unread with a 413), the route's limit when chunked, 0 without a body.
  */
 export function bodyBytesOf(req: FastifyRequest): number {
   if (BODYLESS.has(req.method)) return 0;
-  const limit = req.routeOptions.bodyLimit ?? req.server.initialConfig.bodyLimit ?? 0;
+  const limit = routeBodyLimit(req);
   const declared = req.headers['content-length'];
   if (declared !== undefined) {
     const n = Number(declared);
@@ -67,7 +70,7 @@ export interface UploadLimit {
 export function limitUpload(
   req: FastifyRequest,
   reply: FastifyReply,
-  maxBytes = req.routeOptions.bodyLimit ?? req.server.initialConfig.bodyLimit ?? 0,
+  maxBytes = routeBodyLimit(req),
   /** Names the body in the refusal's errors[] (a raw upload is one field); absent: no field errors. */
   field?: string,
 ): UploadLimit {

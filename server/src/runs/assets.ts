@@ -108,13 +108,11 @@ export class AssetLibrary {
         { field: 'body', reason: `${bytes.length} bytes is over the ${asset.size_bytes}-byte limit` },
       ]);
     }
-    if (asset.upload_expires_at === undefined) {
-      await this.objects.put(assetContentKey(id), bytes);
-      return asset;
-    }
-    const sniffed = sniffFormat(bytes);
-    if ('refused' in sniffed) throw invalidInput([{ field: 'body', reason: sniffed.refused }]);
+    // a presigned upload stands in for an inline image: its bytes must be one, and its format names the asset
+    const sniffed = asset.upload_expires_at !== undefined ? sniffFormat(bytes) : null;
+    if (sniffed && 'refused' in sniffed) throw invalidInput([{ field: 'body', reason: sniffed.refused }]);
     await this.objects.put(assetContentKey(id), bytes);
+    if (!sniffed) return asset;
     const ready: AssetRecord = { ...asset, mime_type: `image/${sniffed.format}`, size_bytes: bytes.length, state: 'ready' };
     await this.save(ready);
     return ready;
