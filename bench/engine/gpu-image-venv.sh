@@ -12,8 +12,14 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 VENV=${KLEINSERVE_GPU_IMAGE_VENV:-/tmp/kleinserve-gpu-image-venv}
 SITE=$VENV/carried
-PY312=${PY312:-$(command -v python3.12 || true)}
-[ -n "$PY312" ] || { echo "needs python3.12 (the GPU image's Python)" >&2; exit 2; }
+# A pyenv shim named python3.12 exists even where 3.12 is not the selected version, and then fails: take the first
+# candidate that runs.
+if [ -z "${PY312:-}" ]; then
+  for candidate in python3.12 "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12; do
+    if "$candidate" -c '' 2>/dev/null; then PY312=$candidate; break; fi
+  done
+fi
+[ -n "${PY312:-}" ] || { echo "needs python3.12 (the GPU image's Python): set PY312" >&2; exit 2; }
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY312" -m venv "$VENV"
   # what the image has (bench/engine/fetch-wheels.sh lists it); peft and pytest only for the tests

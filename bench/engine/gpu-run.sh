@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The engine's GPU measurements in stages that each fit one device-tool command (at most 8 minutes each):
 #
-#   smoke  1-3 min  engine tests (parity, fast path, fused QKV, compiled VAE/text encoder, inference thread) with
+#   smoke  1-3 min  engine tests (library names, parity, fast path, fused QKV, compiled VAE/text encoder, inference thread) with
 #                   the machine's own torch, then the tiny model on the GPU,
 #                   eager and compiled, on one case (bench/engine/smoke.py). A failed smoke stops later stages.
 #   1      ~5 min   (a) 1024² edit 1 ref and (c) 1024² text-to-image: kleinserve vs diffusers eager bf16, profile of (a)
@@ -103,7 +103,7 @@ for stage in "$@"; do
   log "stage $stage begins"
   case $stage in
     smoke)
-      SMOKE_TESTS=(tests/test_parity.py tests/test_fastpath.py tests/test_fused_qkv.py tests/test_compiled_components.py tests/test_inference_thread.py)
+      SMOKE_TESTS=(tests/test_library_names.py tests/test_parity.py tests/test_fastpath.py tests/test_fused_qkv.py tests/test_compiled_components.py tests/test_inference_thread.py)
       if [ "$DEVICE" = cuda ]; then
         # on the GPU machine's own CPU with its torch 2.11: proves the engine code runs there (the CUDA checks are smoke.py's)
         (cd engine && OMP_NUM_THREADS=8 limited 90 "$PY" -m pytest -q -p no:cacheprovider "${SMOKE_TESTS[@]}")
