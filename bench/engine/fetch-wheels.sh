@@ -3,8 +3,9 @@
 # (ignored by git; the device tool carries it with `carry: [".whl"]`). gpu-run.sh installs them there with
 # `pip install --no-deps --target /tmp/site` and PYTHONPATH, never into the image's own environment.
 #
-# The GPU image has Python 3.12, torch 2.11, transformers 5.17, triton 3.6, huggingface_hub 1.33, safetensors 0.8,
-# numpy, pillow, regex, requests, filelock, zipp and prometheus_client. What it lacks:
+# The GPU image has Python 3.12, torch 2.11, torchvision 0.26, transformers 5.17, triton 3.6, huggingface_hub 1.33,
+# safetensors 0.8, accelerate 1.15, peft, pytest, numpy, pillow, regex, requests, filelock, zipp and prometheus_client
+# (the device tool's KINDS.md). What it lacks:
 #   diffusers 0.42.1        (needs huggingface-hub>=1.32,<3 and safetensors>=0.8: both there)
 #   importlib_metadata      (diffusers' one requirement the image does not have)
 #   torchao 0.17.0          (released for torch 2.11; 0.18 targets 2.12): --precision fp8 only
