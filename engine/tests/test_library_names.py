@@ -6,8 +6,8 @@ has older releases (torch 2.11, transformers 5.17) than the ones the suite is de
 newer-than-the-image name there would first fail on the GPU, in minutes that are scarce. This reads the code
 instead of running it: each `from lib import name` must import, and each attribute chain rooted at a library module
 must resolve down to the first value that is neither a module nor a class (what an instance holds is not knowable
-from here). torchao, installed only on the GPU machine, is the one library that may be
-absent here. The GPU run's smoke stage runs this file with the image's own packages.
+from here). torchao, installed only on the GPU machine, is the one library that may be absent here. The GPU run's
+smoke stage runs this file with the image's own packages.
 """
 
 from __future__ import annotations
@@ -56,16 +56,21 @@ def _unresolved(path: Path, root: Path = REPO) -> tuple[list[str], set[str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for name in node.names:
-                if name.name.split(".")[0] in LIBRARIES:
-                    aliases[name.asname or name.name.split(".")[0]] = name.name if name.asname else name.name.split(".")[0]
+                top = name.name.split(".")[0]
+                if top in LIBRARIES:  # `import a.b` binds `a`; `import a.b as c` binds `c` to a.b
+                    aliases[name.asname or top] = name.name if name.asname else top
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] in LIBRARIES:
             library = node.module.split(".")[0]
             if not _installed(library):
                 absent.add(library)
                 continue
+            try:
+                module = importlib.import_module(node.module)
+            except ImportError as exc:
+                problems.append(f"{where(node)}: from {node.module} import ...: {exc}")
+                continue
             for name in node.names:
                 try:
-                    module = importlib.import_module(node.module)
                     if not hasattr(module, name.name):
                         importlib.import_module(f"{node.module}.{name.name}")
                 except ImportError as exc:
